@@ -1,0 +1,3 @@
+"""imgdedup: streaming, ingestion-time image deduplication."""
+
+__version__ = "0.1.0"

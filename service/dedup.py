@@ -1,0 +1,106 @@
+"""The use cases both adapters share: register an image, check one, forget one.
+
+HTTP handlers and the Kafka consumer call these and only translate results and errors
+to their own wire formats, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from functools import partial
+
+from .decisions import Candidate, CheckVerdict, Policy, decide
+from .decisions import check as check_rules
+from .hasher import Hasher
+from .hashing import Fingerprint
+from .index.base import DedupIndex, ImageRecord, Registration, validate_image_id, validate_namespace
+from .metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    verdict: CheckVerdict
+    matches: tuple[Candidate, ...]
+    fingerprint: Fingerprint
+
+
+class Deduplicator:
+    def __init__(
+        self, index: DedupIndex, hasher: Hasher, policy: Policy, metrics: Metrics, max_in_flight: int
+    ) -> None:
+        self.index = index
+        self.hasher = hasher
+        self.policy = policy
+        self.metrics = metrics
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._decide = partial(decide, policy=policy)
+        self._conflicts_seen = 0
+
+    async def fingerprint(self, data: bytes) -> Fingerprint:
+        started = time.perf_counter()
+        async with self._slots:
+            result = await self.hasher.fingerprint(data)
+        self.metrics.hash_seconds.observe(time.perf_counter() - started)
+        return result
+
+    async def register(
+        self, namespace: str, image_id: str, data: bytes, *, event_id: str | None = None
+    ) -> Registration:
+        validate_namespace(namespace)
+        validate_image_id(image_id)
+        stored = await self.index.get(namespace, image_id)
+        if stored is not None and stored.sha256 == _sha256_hex(data):
+            # Replay without paying for decoding (redeliveries are common).
+            return Registration(stored, replayed=True)
+        fp = await self.fingerprint(data)
+        return await self.register_fingerprint(namespace, image_id, fp, event_id=event_id)
+
+    async def register_fingerprint(
+        self, namespace: str, image_id: str, fp: Fingerprint, *, event_id: str | None = None
+    ) -> Registration:
+        started = time.perf_counter()
+        try:
+            return await self.index.register(
+                namespace, image_id, fp, self._decide, radius=self.policy.review_radius, event_id=event_id
+            )
+        finally:
+            self.metrics.index_seconds.labels("register").observe(time.perf_counter() - started)
+            self._export_conflicts()
+
+    async def check(self, namespace: str, data: bytes) -> CheckResult:
+        validate_namespace(namespace)
+        fp = await self.fingerprint(data)
+        started = time.perf_counter()
+        lookup = await self.index.lookup(namespace, fp, radius=self.policy.review_radius)
+        self.metrics.index_seconds.labels("lookup").observe(time.perf_counter() - started)
+        verdict, matches = check_rules(lookup, self.policy)
+        return CheckResult(verdict, matches, fp)
+
+    async def get(self, namespace: str, image_id: str) -> ImageRecord | None:
+        validate_namespace(namespace)
+        return await self.index.get(namespace, image_id)
+
+    async def duplicates_of(self, namespace: str, image_id: str) -> list[ImageRecord]:
+        validate_namespace(namespace)
+        return await self.index.duplicates_of(namespace, image_id)
+
+    async def remove(self, namespace: str, image_id: str) -> bool:
+        validate_namespace(namespace)
+        started = time.perf_counter()
+        try:
+            return await self.index.remove(namespace, image_id)
+        finally:
+            self.metrics.index_seconds.labels("remove").observe(time.perf_counter() - started)
+
+    def _export_conflicts(self) -> None:
+        total = getattr(self.index, "watch_conflicts", 0)
+        if total > self._conflicts_seen:
+            self.metrics.index_conflicts.inc(total - self._conflicts_seen)
+            self._conflicts_seen = total
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

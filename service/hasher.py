@@ -1,0 +1,78 @@
+"""Runs the pure hashing in worker processes so the event loop never decodes pixels.
+
+Decoding is CPU-bound and partly holds the GIL; a process pool keeps the loop free to
+serve HTTP, heartbeat Kafka and talk to Redis while images are hashed on every core.
+The pool is started with `forkserver` (not `fork`): forking a process that already runs
+an event loop and client threads is a classic source of deadlocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from .errors import InputError
+from .hashing import Fingerprint, ImageLimits, fingerprint
+
+
+class HashingCrashed(InputError):
+    """The worker died while decoding this image twice in a row (a decoder crash or OOM)."""
+
+    code = "hashing_crashed"
+    http_status = 422
+
+
+def _warm_up() -> None:
+    """Import the heavy modules in the worker before the first real job arrives."""
+    import numpy  # noqa: F401
+    import PIL.Image  # noqa: F401
+
+
+class Hasher:
+    """Async front of a worker pool computing `fingerprint(data)`."""
+
+    def __init__(self, limits: ImageLimits, workers: int, *, use_threads: bool = False) -> None:
+        self.limits = limits
+        self.workers = workers
+        self._use_threads = use_threads
+        self._pool: Executor | None = None
+
+    def _new_pool(self) -> Executor:
+        if self._use_threads:
+            return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hasher")
+        context = multiprocessing.get_context("forkserver")
+        # The fork server imports the hashing stack once; workers fork from it warm.
+        context.set_forkserver_preload(["service.hashing"])
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_warm_up)
+
+    async def start(self) -> None:
+        self._pool = self._new_pool()
+        loop = asyncio.get_running_loop()
+        # Start every worker now, so the first requests do not pay for process start-up.
+        await asyncio.gather(*(loop.run_in_executor(self._pool, time.sleep, 0.01) for _ in range(self.workers)))
+
+    async def fingerprint(self, data: bytes) -> Fingerprint:
+        if self._pool is None:
+            raise RuntimeError("Hasher.start() was not awaited")
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            pool = self._pool
+            try:
+                return await loop.run_in_executor(pool, fingerprint, data, self.limits)
+            except BrokenProcessPool:
+                # A worker died (this image or a neighbour's). Replace the pool once; if
+                # the same image kills it again, it is the image.
+                if self._pool is pool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = self._new_pool()
+                if attempt == 2:
+                    raise HashingCrashed("the image crashed the decoder twice") from None
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)

@@ -1,0 +1,1 @@
+"""Index backends: in-memory (embedded default) and Redis multi-index hashing."""

@@ -1,0 +1,148 @@
+"""Fixtures: a Redis to test against (started on demand), and both index backends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from uuid import uuid4
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from service.index.memory import MemoryIndex
+from service.index.redis_mih import RedisMihIndex
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+TEST_SUBSTRINGS = 4
+
+
+def _redis_answers(url: str, timeout: float = 1.0) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_redis_server(binary: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise RuntimeError(f"redis-server exited with {process.returncode}: {stderr}")
+        if _redis_answers(url, timeout=0.2):
+            return process, url
+        time.sleep(0.05)
+    process.terminate()
+    process.wait(timeout=5)
+    raise RuntimeError(f"redis-server on port {port} did not answer within 10 s")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis that answers: IMGDEDUP_TEST_REDIS_URL, else local 6379, else one we start."""
+    url = os.environ.get("IMGDEDUP_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    if _redis_answers(url):
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            f"no Redis answers at {url} and no redis-server binary is on PATH: start Redis "
+            "or set IMGDEDUP_TEST_REDIS_URL (these tests are not skipped without it)"
+        )
+    process, started_url = _start_redis_server(binary)
+    try:
+        yield started_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix unique to one test, so tests never see each other's keys."""
+    return f"imgdedup-test-{uuid4().hex[:12]}"
+
+
+async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await client.unlink(*batch)
+            batch = []
+    if batch:
+        await client.unlink(*batch)
+
+
+@pytest.fixture
+async def redis_index(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisMihIndex]:
+    client = aioredis.Redis.from_url(redis_url)
+    index = RedisMihIndex(client, prefix=redis_prefix, substrings=TEST_SUBSTRINGS)
+    try:
+        yield index
+    finally:
+        try:
+            await _delete_prefix(client, redis_prefix)
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture
+async def redis_replicas(
+    redis_url: str, redis_prefix: str, redis_index: RedisMihIndex
+) -> AsyncIterator[Callable[..., Awaitable[list[RedisMihIndex]]]]:
+    """Factory: n more `RedisMihIndex` instances over the same keys, each with its own
+    client (connection pool), like separate replicas of the service. Keys are cleaned up
+    by `redis_index`, which shares the prefix."""
+    clients: list[aioredis.Redis] = []
+
+    async def make(n: int, substrings: int = TEST_SUBSTRINGS) -> list[RedisMihIndex]:
+        out = []
+        for _ in range(n):
+            client = aioredis.Redis.from_url(redis_url)
+            clients.append(client)
+            out.append(RedisMihIndex(client, prefix=redis_prefix, substrings=substrings))
+        return out
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+@pytest.fixture
+def memory_index() -> MemoryIndex:
+    return MemoryIndex()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def index(request: pytest.FixtureRequest):
+    """The same contract tests, run against each backend."""
+    return request.getfixturevalue(f"{request.param}_index")

@@ -1,0 +1,36 @@
+"""Deterministic synthetic photos for tests: many distinct images whose perceptual hashes
+are far apart, and real-world variants of them (re-encode, resize, colour work)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+
+def distinct_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A smooth random 'photo': low-frequency structure (what pHash sees) plus grain."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse, "RGB").resize(size, Image.Resampling.BICUBIC)
+    grain = rng.normal(0, 6, size=(size[1], size[0], 3))
+    pixels = np.clip(np.asarray(image, dtype=np.float64) + grain, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **({"quality": 90} if fmt == "JPEG" and not options else options))
+    return out.getvalue()
+
+
+def variants(image: Image.Image) -> dict[str, bytes]:
+    """Copies an archive really holds of one photo; all must be judged duplicates."""
+    w, h = image.size
+    return {
+        "q35": encode(image, "JPEG", quality=35),
+        "half-png": encode(image.resize((w // 2, h // 2), Image.Resampling.LANCZOS), "PNG"),
+        "bright": encode(ImageEnhance.Brightness(image).enhance(1.08), "JPEG", quality=85),
+        "webp": encode(image, "WEBP", quality=70),
+    }

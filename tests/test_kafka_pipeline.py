@@ -1,0 +1,357 @@
+"""Integration: the Kafka pipeline against a real Kafka-protocol broker (Tansu) and real Redis.
+
+Each test uses its own topics, consumer group and Redis key prefix, so tests neither see
+nor disturb each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from imagegen import distinct_image, encode, variants
+from service._gen.imgdedup.v1 import events_pb2
+from service.app import Service
+from service.broker import TansuBroker
+from service.config import Settings
+from service.events import UploadEvent, decode_decision, encode_upload
+from service.kafka_clients import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    external = os.environ.get("IMGDEDUP_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    with TansuBroker() as broker:
+        yield broker.bootstrap
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    env: dict[str, str]
+
+
+@pytest.fixture
+async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
+    """Settings (and the equivalent environment) for one isolated pipeline."""
+    tag = uuid.uuid4().hex[:10]
+    values = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "kafka_input_topic": f"uploads-{tag}",
+        "kafka_decisions_topic": f"decisions-{tag}",
+        "kafka_dlq_topic": f"uploads-{tag}.dlq",
+        "kafka_group_id": f"imgdedup-{tag}",
+        "kafka_commit_interval_ms": 200,
+        "redis_url": redis_url,
+        "redis_prefix": f"imgdedup-test-{tag}",
+        "http_port": 0,
+        "hash_workers": 1,
+        "max_in_flight": 16,
+        "shutdown_timeout_s": 15.0,
+        "log_format": "json",
+        "log_level": "WARNING",
+    }
+    settings = Settings(**values)  # type: ignore[arg-type]
+    settings.validate()
+    await ensure_topics(settings, partitions=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGDEDUP_")}
+    env.update({f"IMGDEDUP_{k.upper()}": str(v) for k, v in values.items()})
+    yield Stack(settings, env)
+    client = aioredis.Redis.from_url(redis_url)
+    keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000)]
+    for start in range(0, len(keys), 500):
+        await client.unlink(*keys[start : start + 500])
+    await client.aclose()
+
+
+async def publish(settings: Settings, events: list[tuple[bytes, list[tuple[str, bytes]]]], *, partitions: int = 4) -> None:
+    """Send raw records, spread over the partitions at random (no key affinity)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, max_request_size=30_000_000
+    )
+    await producer.start()
+    try:
+        rng = random.Random(7)
+        for value, headers in events:
+            await producer.send(
+                settings.kafka_input_topic, value, headers=headers, partition=rng.randrange(partitions)
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+class TopicReader:
+    """Reads a topic from the beginning, without a group (no offsets committed)."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+        )
+        self.records: list = []
+
+    async def __aenter__(self) -> TopicReader:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def read_until(self, predicate, timeout: float = 60.0) -> list:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out with {len(self.records)} records")
+            batch = await self._consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                self.records.extend(records)
+        return self.records
+
+
+def upload(namespace: str, image_id: str, data: bytes, *, event_id: str | None = None, as_json: bool = False):
+    event = UploadEvent(event_id or uuid.uuid4().hex, namespace, image_id, "image/jpeg", data, None)
+    headers = [("content-type", b"application/json")] if as_json else []
+    return encode_upload(event, as_json=as_json), headers
+
+
+def decisions_of(records: list) -> list[events_pb2.DedupDecision]:
+    return [decode_decision(r.value, r.headers) for r in records]
+
+
+@pytest.fixture
+async def service(stack: Stack) -> AsyncIterator[Service]:
+    svc = Service(stack.settings)
+    await svc.start()
+    yield svc
+    await svc.stop()
+
+
+# ---------------------------------------------------------------------------------------
+async def test_planted_duplicates_every_decision_checked(stack: Stack, service: Service) -> None:
+    settings = stack.settings
+    ns = "shop"
+    originals = {f"orig-{i}": distinct_image(1000 + i) for i in range(12)}
+    first_wave = [upload(ns, image_id, encode(img)) for image_id, img in originals.items()]
+    second_wave = []
+    expected_dup_of: dict[str, str] = {}
+    for image_id, img in originals.items():
+        for kind, data in variants(img).items():
+            second_wave.append(upload(ns, f"{image_id}-{kind}", data, as_json=kind == "webp"))
+            expected_dup_of[f"{image_id}-{kind}"] = image_id
+        second_wave.append(upload(ns, f"{image_id}-copy", encode(img)))  # byte-identical copy
+        expected_dup_of[f"{image_id}-copy"] = image_id
+    second_wave.append(upload(ns, "corrupt", encode(distinct_image(5))[:1500]))
+    second_wave.append((b"\x0a\x05sh", []))  # truncated protobuf
+    second_wave.append((b'{"namespace": "shop"}', [("content-type", b"application/json")]))  # no image_id
+
+    async with TopicReader(settings, settings.kafka_decisions_topic) as reader:
+        await publish(settings, first_wave)
+        await reader.read_until(lambda r: len(r) >= len(first_wave))
+        await publish(settings, second_wave)
+        records = await reader.read_until(lambda r: len(r) >= len(first_wave) + len(second_wave))
+    decisions = decisions_of(records)
+    assert len(decisions) == len(first_wave) + len(second_wave)
+    by_id = {d.image_id: d for d in decisions if d.image_id}
+    for image_id in originals:
+        assert by_id[image_id].verdict == "accepted", by_id[image_id]
+        assert len(by_id[image_id].sha256) == 64 and len(by_id[image_id].phashes[0]) == 16
+    for image_id, original in expected_dup_of.items():
+        decision = by_id[image_id]
+        assert (decision.verdict, decision.duplicate_of) == ("duplicate", original), decision
+        assert decision.match == ("exact" if image_id.endswith("-copy") else "near")
+        assert decision.distance <= settings.duplicate_radius
+    json_records = [r for r in records if dict(r.headers).get("content-type") == b"application/json"]
+    assert {decode_decision(r.value, r.headers).image_id for r in json_records} >= {
+        f"{i}-webp" for i in originals
+    }
+    rejected = [d for d in decisions if d.verdict == "rejected"]
+    assert sorted(d.error.code for d in rejected) == ["invalid_event", "invalid_event", "undecodable_image"]
+    assert by_id["corrupt"].error.detail
+
+    async with TopicReader(settings, settings.kafka_dlq_topic) as dlq:
+        dead = await dlq.read_until(lambda r: len(r) >= 3)
+    codes = sorted(dict(r.headers)["imgdedup-error-code"].decode() for r in dead)
+    assert codes == ["invalid_event", "invalid_event", "undecodable_image"]
+    assert b"\x0a\x05sh" in {r.value for r in dead}  # the raw record, byte for byte
+
+    metrics = service.metrics.render().decode()
+    assert 'imgdedup_decisions_total{source="kafka",verdict="duplicate"} 60.0' in metrics
+    assert 'imgdedup_rejections_total{code="undecodable_image",source="kafka"} 1.0' in metrics
+
+
+async def test_redelivered_event_replays_stored_decision(stack: Stack, service: Service) -> None:
+    image = encode(distinct_image(77))
+    event = upload("replay", "img-1", image, event_id="evt-1")
+    async with TopicReader(stack.settings, stack.settings.kafka_decisions_topic) as reader:
+        await publish(stack.settings, [event])
+        await reader.read_until(lambda r: len(r) >= 1)
+        await publish(stack.settings, [event])  # the same record again, as after a crash
+        records = await reader.read_until(lambda r: len(r) >= 2)
+    first, second = decisions_of(records)
+    assert (first.verdict, first.replayed) == ("accepted", False)
+    assert (second.verdict, second.replayed) == ("accepted", True)
+    assert second.event_id == "evt-1"
+
+
+async def test_url_source_fetched_and_private_addresses_refused(stack: Stack, kafka_bootstrap: str) -> None:
+    image = encode(distinct_image(4242))
+    app = web.Application()
+    app.router.add_get("/img.jpg", lambda request: web.Response(body=image, content_type="image/jpeg"))
+    app.router.add_get("/missing.jpg", lambda request: web.Response(status=404))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+
+    def url_event(image_id: str, url: str):
+        event = UploadEvent(uuid.uuid4().hex, "urls", image_id, "", None, url)
+        return encode_upload(event), []
+
+    try:
+        for allow, expected in ((False, "rejected"), (True, "accepted")):
+            settings = Settings(**{**stack.settings.__dict__, "allow_private_urls": allow,
+                                   "kafka_decisions_topic": stack.settings.kafka_decisions_topic + f"-{allow}"})
+            await ensure_topics(settings, partitions=4)
+            svc = Service(settings)
+            await svc.start()
+            try:
+                async with TopicReader(settings, settings.kafka_decisions_topic) as reader:
+                    await publish(settings, [url_event(f"u-{allow}", f"{base}/img.jpg")])
+                    records = await reader.read_until(lambda r: len(r) >= 1)
+                    decision = decisions_of(records)[0]
+                    assert decision.verdict == expected, decision
+                    if not allow:
+                        assert decision.error.code == "url_refused"
+                    else:
+                        await publish(settings, [url_event("missing", f"{base}/missing.jpg"),
+                                                 url_event("ftp", "ftp://example.org/x.jpg")])
+                        records = await reader.read_until(lambda r: len(r) >= 3)
+                        errors = {d.image_id: d.error.code for d in decisions_of(records)[1:]}
+                        assert errors == {"missing": "fetch_failed", "ftp": "url_refused"}
+            finally:
+                await svc.stop()
+    finally:
+        await runner.cleanup()
+
+
+# --- real processes: crash, graceful stop, several replicas ----------------------------
+def spawn_service(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def families(namespace: str, count: int, seed: int) -> tuple[list, dict[str, str]]:
+    """Events for `count` photos with 5 copies each (original + 4 variants), shuffled."""
+    events, family_of = [], {}
+    for f in range(count):
+        image = distinct_image(seed + f)
+        members = {"orig": encode(image), **variants(image)}
+        for kind, data in members.items():
+            image_id = f"fam{f}-{kind}"
+            family_of[image_id] = f"fam{f}"
+            events.append(upload(namespace, image_id, data))
+    random.Random(seed).shuffle(events)
+    return events, family_of
+
+
+def assert_consistent(decisions: list[events_pb2.DedupDecision], family_of: dict[str, str]) -> None:
+    """Every image decided, the same way every time; exactly one accepted per family."""
+    verdicts: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
+    for d in decisions:
+        verdicts[d.image_id].add((d.verdict, d.duplicate_of))
+    assert set(verdicts) == set(family_of), "some events were never decided"
+    for image_id, seen in verdicts.items():
+        assert len(seen) == 1, f"{image_id} decided differently on redelivery: {seen}"
+    accepted = collections.Counter(family_of[i] for i, seen in verdicts.items() if next(iter(seen))[0] == "accepted")
+    assert set(accepted) == set(family_of.values()), "a family has no accepted image"
+    assert max(accepted.values()) == 1, f"accepted twice: {accepted}"
+    for image_id, seen in verdicts.items():
+        verdict, original = next(iter(seen))
+        if verdict != "accepted":
+            assert verdict == "duplicate" and family_of[original] == family_of[image_id]
+
+
+async def test_killed_consumer_loses_nothing_and_accepts_nothing_twice(stack: Stack) -> None:
+    events, family_of = families("crash", 24, seed=3000)
+    async with TopicReader(stack.settings, stack.settings.kafka_decisions_topic) as reader:
+        await publish(stack.settings, events)
+        first = spawn_service(stack.env)
+        try:
+            await reader.read_until(lambda r: len(r) >= 15, timeout=90)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        decided_before_kill = len(reader.records)
+        assert decided_before_kill < len(events), "the kill did not land mid-stream"
+        second = spawn_service(stack.env)
+        try:
+            ids = set(family_of)
+            await reader.read_until(lambda r: {decode_decision(x.value, x.headers).image_id for x in r} >= ids, timeout=120)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(30) == 0, second.stderr.read().decode() if second.stderr else ""
+    assert_consistent(decisions_of(reader.records), family_of)
+
+
+async def test_sigterm_drains_and_commits_so_restart_replays_nothing(stack: Stack) -> None:
+    events, family_of = families("drain", 16, seed=5000)
+    async with TopicReader(stack.settings, stack.settings.kafka_decisions_topic) as reader:
+        await publish(stack.settings, events)
+        first = spawn_service(stack.env)
+        await reader.read_until(lambda r: len(r) >= 10, timeout=90)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0, first.stderr.read().decode() if first.stderr else ""
+        second = spawn_service(stack.env)
+        try:
+            await reader.read_until(
+                lambda r: {decode_decision(x.value, x.headers).image_id for x in r} >= set(family_of), timeout=120
+            )
+            await asyncio.sleep(1.0)  # anything redelivered would show up now
+            more = await reader.read_until(lambda r: True)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(30) == 0
+    decisions = decisions_of(more)
+    assert_consistent(decisions, family_of)
+    assert [d.image_id for d in decisions if d.replayed] == [], "graceful stop left decided work uncommitted"
+    assert len(decisions) == len(events)
+
+
+async def test_first_wins_across_two_service_processes(stack: Stack) -> None:
+    """Near-duplicates spread over 4 partitions, consumed by two replicas at once."""
+    events, family_of = families("race", 30, seed=7000)
+    replicas = [spawn_service(stack.env), spawn_service(stack.env)]
+    try:
+        await asyncio.sleep(6)  # both join the group before the burst arrives
+        async with TopicReader(stack.settings, stack.settings.kafka_decisions_topic) as reader:
+            await publish(stack.settings, events)
+            await reader.read_until(lambda r: len(r) >= len(events), timeout=120)
+    finally:
+        for process in replicas:
+            process.send_signal(signal.SIGTERM)
+        for process in replicas:
+            assert process.wait(30) == 0
+    assert_consistent(decisions_of(reader.records), family_of)
