@@ -47,7 +47,12 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         options["username"] = settings.redis_username
     if settings.redis_password:
         options["password"] = settings.redis_password
-    return aioredis.Redis.from_url(settings.redis_url, **options)
+    # A blocking pool sized to the work we allow in flight: excess callers wait for a
+    # connection instead of failing (redis-py's default pool raises when exhausted).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=max(32, 2 * settings.max_in_flight + 8), timeout=10, **options
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def open_index(settings: Settings) -> DedupIndex:

@@ -75,6 +75,14 @@ def _cmd_hash(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.which == "hashing":
+        from .bench.hashing import run
+
+        run(count=args.count, min_seconds=args.seconds, corpus=Path(args.corpus) if args.corpus else None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgdedup", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     hash_ = sub.add_parser("hash", help="print the fingerprint of image files")
     hash_.add_argument("files", nargs="+")
     hash_.set_defaults(func=_cmd_hash)
+    bench = sub.add_parser("bench", help="benchmarks; each ends with one JSON line of figures")
+    bench.add_argument("which", choices=["hashing"])
+    bench.add_argument("--count", type=int, default=20, help="generated images per format")
+    bench.add_argument("--seconds", type=float, default=3.0, help="minimum time per figure")
+    bench.add_argument("--corpus", help="also hash the JPEGs of this folder (../shared/bench/build-corpus)")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

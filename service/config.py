@@ -18,6 +18,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 PREFIX = "IMGDEDUP_"
 
+#: Most buckets one query may probe: beyond this a query reads megabytes from Redis.
+MAX_PROBES = 5000
+
 
 class ConfigError(ValueError):
     """Raised with every invalid or inconsistent setting listed, one per line."""
@@ -187,6 +190,16 @@ class Settings:
                 f"{PREFIX}DUPLICATE_RADIUS={self.duplicate_radius}: the review band would be empty "
                 "in a way that hides a typo; set them equal to disable review"
             )
+        from .mih import probe_count  # pure maths; imported here to keep config import-light
+
+        if 1 <= self.mih_substrings <= 8 and 0 <= self.review_radius <= 32:
+            probed = probe_count(self.review_radius, self.mih_substrings)
+            if probed > MAX_PROBES:
+                problems.append(
+                    f"{PREFIX}MIH_SUBSTRINGS={self.mih_substrings} with {PREFIX}REVIEW_RADIUS="
+                    f"{self.review_radius} probes {probed} buckets per query (limit {MAX_PROBES}); "
+                    "use more substrings or a smaller radius"
+                )
         if self.redis_url and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
             problems.append(
                 f"{PREFIX}REDIS_URL={self.redis_url!r}: must start with redis://, rediss:// or unix://"

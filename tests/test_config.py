@@ -306,3 +306,11 @@ def test_documentation_rows():
     assert as_dict["IMGDEDUP_REDIS_PREFIX"] == "imgdedup"
     assert as_dict["IMGDEDUP_REDIS_URL"] == "(empty)"
     assert all(r[2] for r in rows)
+
+
+def test_substring_count_too_small_for_the_radius_is_refused():
+    # m=3 at radius 12 probes 12,233 buckets per query: megabytes per lookup.
+    problems = problems_of(mih_substrings="3", review_radius="12")
+    assert any("IMGDEDUP_MIH_SUBSTRINGS=3" in p and "12233" in p for p in problems)
+    assert load(mih_substrings="3", review_radius="8", duplicate_radius="6").mih_substrings == 3
+    assert load(mih_substrings="5", review_radius="16").review_radius == 16

@@ -183,6 +183,16 @@ def test_exif_orientation_is_applied(orientation, fmt):
         assert hamming(raw, reference) > 12
 
 
+@pytest.mark.parametrize("orientation", [0, 9, 255])
+def test_invalid_exif_orientation_is_ignored(orientation):
+    image = sample_image("rocket")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    result = fp(jpeg(image, exif=exif))
+    assert (result.width, result.height) == image.size
+    assert hamming(result.primary_code, code_of(jpeg(image))) <= 4
+
+
 def test_exif_rotation_decode_returns_upright_image():
     upright = sample_image("coffee")  # 600x400
     data = _with_orientation(upright, 6, "PNG")

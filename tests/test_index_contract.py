@@ -650,3 +650,55 @@ async def test_redis_crashed_registration_is_recovered_after_its_lease(redis_url
     # The crashed image can be registered afresh (now judged against "later").
     again = await register(redis_index, "ghost", make_fingerprint(code, 1))
     assert again.record.decision == Decision(Verdict.DUPLICATE, "later", 2, MatchKind.NEAR)
+
+
+async def test_redis_remove_racing_a_duplicate_leaves_no_stale_link(redis_url, redis_prefix,
+                                                                    redis_index):
+    """Replica B removes image K while replica A is deciding that X is a duplicate of K.
+    Whatever the outcome for X, a *new* image later registered under the id K must not
+    inherit X as its duplicate (the in-memory backend serialises the two operations, so
+    this can never happen there)."""
+    import threading
+
+    import redis.asyncio as aioredis
+
+    from service.index.redis_mih import RedisMihIndex
+
+    rng = np.random.default_rng(43)
+    code = random_code(rng)
+    await register(redis_index, "K", make_fingerprint(code, 1))
+
+    def remove_from_other_replica() -> None:
+        async def run() -> None:
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                other = RedisMihIndex(client, prefix=redis_prefix, substrings=4)
+                assert await other.remove(NS, "K")
+            finally:
+                await client.aclose()
+
+        asyncio.run(run())
+
+    calls: list[Decision] = []
+
+    def decide_while_k_is_removed(lookup: Lookup) -> Decision:
+        decision = decide_real(lookup)
+        calls.append(decision)
+        if len(calls) == 1:
+            # The concurrent removal lands between the decision and its commit.
+            thread = threading.Thread(target=remove_from_other_replica)
+            thread.start()
+            thread.join()
+        return decision
+
+    x = await register(redis_index, "X", make_fingerprint(flip_bits(code, 3, rng), 2),
+                       decide=decide_while_k_is_removed)
+    # The first decision ("duplicate of K") was fenced out at commit because K was gone;
+    # decided again, X is what a serial order gives: K removed first, so X is original.
+    assert calls[0].duplicate_of == "K" and len(calls) == 2
+    assert x.record.verdict == Verdict.ACCEPTED and x.record.duplicate_of is None
+    assert await redis_index.get(NS, "K") is None
+    # A different picture now registered under the freed id "K".
+    fresh = await register(redis_index, "K", make_fingerprint(far_code(rng, code), 3))
+    assert fresh.record.verdict == Verdict.ACCEPTED
+    assert await redis_index.duplicates_of(NS, "K") == []

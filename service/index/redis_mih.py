@@ -69,6 +69,7 @@ _INSERT_PENDING = """
 local rec = redis.call('GET', KEYS[1])
 if rec then return {0, rec} end
 local seq = redis.call('INCR', KEYS[2])
+if seq > 4294967295 then return redis.error_reply('namespace sequence exhausted (2^32 registrations)') end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tail = struct.pack('<I4', seq)
@@ -84,9 +85,11 @@ return {seq, payload, now}
 """
 
 # KEYS: state, rec, dups-of-target, sha  ARGV: seq, expected payload, new state ('' = none),
-# record json, image_id, add-to-dups flag.  1 = done, 0 = fenced out, -1 = id taken.
+# record json, image_id, add-to-dups flag, target seq ('' = none).
+# 1 = done, 0 = fenced out or the target was removed meanwhile (decide again), -1 = id taken.
 _FINALIZE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[7] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[7]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return -1
@@ -100,6 +103,15 @@ end
 redis.call('SET', KEYS[2], ARGV[4])
 if ARGV[6] == '1' then redis.call('ZADD', KEYS[3], ARGV[1], ARGV[5]) end
 return 1
+"""
+
+# Compare-and-set of a state entry: extend our own lease while we wait. 1 = renewed.
+_CAS_SET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
 """
 
 # Compare-and-delete of a state entry (abandon an expired pending registration).
@@ -156,7 +168,9 @@ class RedisMihIndex:
         self._insert = client.register_script(_INSERT_PENDING)
         self._finalize = client.register_script(_FINALIZE)
         self._cas_delete = client.register_script(_CAS_DELETE)
-        self.watch_conflicts = 0  # restarts and bucket-rewrite retries, exported as a metric
+        self._cas_set = client.register_script(_CAS_SET)
+        self.watch_conflicts = 0  # optimistic retries of bucket rewrites and removals
+        self.restarts = 0  # registrations decided again (fenced out, or target removed)
         self.pending_waits = 0  # times a registration waited for a concurrent near-duplicate
 
     # --- keys ------------------------------------------------------------------------
@@ -182,15 +196,20 @@ class RedisMihIndex:
         return owned
 
     # --- namespace parameters ----------------------------------------------------------
-    async def substrings(self, namespace: str) -> int:
-        """m for this namespace: fixed by whoever created it, so all replicas agree."""
+    async def substrings(self, namespace: str, *, create: bool = True) -> int:
+        """m for this namespace: fixed by whoever created it, so all replicas agree.
+        Reads pass create=False: asking about an unknown namespace must not create it."""
         m = self._m_cache.get(namespace)
         if m is not None:
             return m
         meta_key = self._key(namespace, "meta")
         wanted = json.dumps({"m": self._default_m, "algorithm": HASH_ALGORITHM, "bits": 64})
-        await self._redis.set(meta_key, wanted, nx=True)
-        meta = json.loads(await self._redis.get(meta_key))
+        if create:
+            await self._redis.set(meta_key, wanted, nx=True)
+        raw = await self._redis.get(meta_key)
+        if raw is None:
+            return self._default_m  # unknown namespace, nothing in it: not cached
+        meta = json.loads(raw)
         if meta.get("algorithm") != HASH_ALGORITHM or meta.get("bits") != 64:
             raise IndexMismatch(
                 f"namespace {namespace!r} holds {meta.get('algorithm')} codes; this service "
@@ -225,7 +244,7 @@ class RedisMihIndex:
     async def _kept_candidates(
         self, namespace: str, fingerprint: Fingerprint, radius: int
     ) -> tuple[Candidate, ...]:
-        m = await self.substrings(namespace)
+        m = await self.substrings(namespace, create=False)
         near = await self._near(
             namespace, fingerprint.codes, self._probe_keys(namespace, fingerprint.codes, radius, m), radius,
             fingerprint.sha256_hex,
@@ -241,7 +260,7 @@ class RedisMihIndex:
 
     async def query(self, namespace: str, code: int, *, radius: int) -> list[tuple[str, int]]:
         validate_namespace(namespace)
-        m = await self.substrings(namespace)
+        m = await self.substrings(namespace, create=False)
         near = await self._near(namespace, (code,), self._probe_keys(namespace, (code,), radius, m), radius)
         states = await self._states(namespace, list(near))
         return sorted(
@@ -280,7 +299,7 @@ class RedisMihIndex:
             try:
                 return await self._register_once(namespace, image_id, fingerprint, decide, radius, event_id, m)
             except _Restart:
-                self.watch_conflicts += 1
+                self.restarts += 1
         raise ContentionError(f"register {namespace}/{image_id}: restarted {self._max_attempts} times")
 
     async def _register_once(
@@ -305,13 +324,16 @@ class RedisMihIndex:
             return _replay(ImageRecord.from_json(result[1]), fp, image_id)
         seq, payload, now_ms = int(result[0]), result[1], int(result[2])
         clock = _RedisClock(now_ms)
+        own_lease: _OwnLease | None = None
         try:
             near = await self._near(
                 namespace, fp.codes, self._probe_keys(namespace, fp.codes, radius, m), radius, fp.sha256_hex
             )
             near.pop(seq, None)
             earlier = {s: d for s, d in near.items() if s < seq}
-            states = await self._settled_states(namespace, earlier, clock)
+            own_lease = _OwnLease(seq, payload, fp.sha256_hex, image_id, self._lease_ms)
+            states = await self._settled_states(namespace, earlier, clock, own_lease)
+            payload = own_lease.payload
             for s, st in states.items():
                 if st.image_id == image_id:
                     # The same image_id is being registered concurrently and got in first.
@@ -323,21 +345,29 @@ class RedisMihIndex:
                 [_candidate(s, earlier[s], st, fp.sha256_hex) for s, st in states.items() if st.kept and st.image_id != image_id]
             )
             decision = decide(Lookup(candidates))
+            target_seq = next((c.seq for c in candidates if c.image_id == decision.duplicate_of), None)
             record = ImageRecord.build(namespace, image_id, fp, decision, seq, event_id)
             new_state = f"K|{fp.sha256_hex}|{image_id}" if record.kept else ""
             dups_key = self._key(namespace, f"dups:{record.duplicate_of}") if record.duplicate_of else rec_key
             outcome = int(
                 await self._finalize(
                     keys=[state_key, rec_key, dups_key, self._key(namespace, f"sha:{fp.sha256_hex}")],
-                    args=[seq, payload, new_state, record.to_json(), image_id, "1" if record.duplicate_of else "0"],
+                    args=[
+                        seq, payload, new_state, record.to_json(), image_id,
+                        "1" if record.duplicate_of else "0",
+                        str(target_seq) if target_seq is not None else "",
+                    ],
                 )
             )
         except BaseException:
             # Leave nothing pending behind if we fail or are cancelled mid-way.
-            await asyncio.shield(self._abandon_own(namespace, seq, payload, own))
+            current = own_lease.payload if own_lease is not None else payload
+            await asyncio.shield(self._abandon_own(namespace, seq, current, own))
             raise
         if outcome == 0:
-            await self._strip(namespace, own, seq)
+            # Fenced out, or the image we were judged against was removed meanwhile:
+            # withdraw (if still ours) and decide again with a new seq.
+            await self._abandon_own(namespace, seq, payload, own)
             raise _Restart()
         if outcome == -1:
             await self._strip(namespace, own, seq)
@@ -350,15 +380,21 @@ class RedisMihIndex:
         return Registration(record, replayed=False)
 
     async def _settled_states(
-        self, namespace: str, earlier: dict[int, int], clock: _RedisClock
+        self, namespace: str, earlier: dict[int, int], clock: _RedisClock, own: _OwnLease
     ) -> dict[int, _State]:
         """States of the earlier candidates once none is pending (kept ones, and gone ones
-        omitted). Expired pending entries are removed by compare-and-set."""
+        omitted). Expired pending entries are removed by compare-and-set; our own lease is
+        extended while we wait, so long chains of waiters do not expire each other."""
         settled: dict[int, _State] = {}
         waiting = list(earlier)
-        delay = 0.002
+        delay = 0.001
         waited = False
         while waiting:
+            if waited and own.due(clock.now_ms()):
+                renewed = own.renewed(clock.now_ms())
+                if not int(await self._cas_set(keys=[self._key(namespace, "state")], args=[own.seq, own.payload, renewed])):
+                    raise _Restart()  # someone already judged our lease expired
+                own.payload = renewed.encode()
             raws = await self._redis.hmget(self._key(namespace, "state"), [str(s) for s in waiting])
             still: list[int] = []
             for seq, raw in zip(waiting, raws):
@@ -378,8 +414,8 @@ class RedisMihIndex:
                 if not waited:
                     self.pending_waits += 1
                     waited = True
-                await asyncio.sleep(delay)
-                delay = min(0.05, delay * 2)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(0.01, delay * 2)
         return settled
 
     async def _abandon_own(self, namespace: str, seq: int, payload: bytes, own: dict[str, list[int]]) -> None:
@@ -416,7 +452,7 @@ class RedisMihIndex:
 
     async def remove(self, namespace: str, image_id: str) -> bool:
         validate_namespace(namespace)
-        m = await self.substrings(namespace)
+        m = await self.substrings(namespace, create=False)
         rec_key = self._key(namespace, f"rec:{image_id}")
         for attempt in range(self._max_attempts):
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -467,6 +503,25 @@ class RedisMihIndex:
             deleted += await self._redis.unlink(*keys)
         self._m_cache.pop(namespace, None)
         return deleted
+
+
+class _OwnLease:
+    """Our pending entry while we wait on earlier ones: renewed at half its lease."""
+
+    def __init__(self, seq: int, payload: bytes, sha256_hex: str, image_id: str, lease_ms: int) -> None:
+        self.seq = seq
+        self.payload = payload
+        self._sha = sha256_hex
+        self._image_id = image_id
+        self._lease_ms = lease_ms
+        self._expires_ms = _State.parse(payload).lease_ms
+
+    def due(self, now_ms: int) -> bool:
+        return self._expires_ms - now_ms < self._lease_ms // 2
+
+    def renewed(self, now_ms: int) -> str:
+        self._expires_ms = now_ms + self._lease_ms
+        return f"P|{self._expires_ms}|{self._sha}|{self._image_id}"
 
 
 class _RedisClock:

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints human-readable figures and ends with one JSON line."""

@@ -1,0 +1,68 @@
+"""`imgdedup bench hashing`: images/s per core of the service's hashing vs ImageHash.phash,
+measured in the same run on the same bytes (single process = one core)."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import imagehash
+from PIL import Image
+
+from ..hashing import ImageLimits, fingerprint
+from .images import encoded, photo_1280x960
+
+LIMITS = ImageLimits(max_bytes=200_000_000, max_pixels=500_000_000)
+
+
+def _rate(func: Callable[[bytes], object], inputs: list[bytes], min_seconds: float) -> float:
+    for data in inputs[:3]:
+        func(data)  # warm caches and lazy imports
+    done = 0
+    started = time.perf_counter()
+    while True:
+        for data in inputs:
+            func(data)
+        done += len(inputs)
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds:
+            return done / elapsed
+
+
+def _ours(data: bytes) -> object:
+    return fingerprint(data, LIMITS)
+
+
+def _imagehash(data: bytes) -> object:
+    return imagehash.phash(Image.open(io.BytesIO(data)))
+
+
+def corpus_files(corpus: Path, limit: int) -> list[bytes]:
+    paths = sorted(p for p in corpus.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:limit]
+    return [p.read_bytes() for p in paths]
+
+
+def run(count: int = 20, min_seconds: float = 3.0, corpus: Path | None = None) -> dict[str, object]:
+    images = [photo_1280x960(seed) for seed in range(count)]
+    sets: dict[str, list[bytes]] = {f"1280x960 {fmt}": [encoded(i, fmt) for i in images] for fmt in ("JPEG", "PNG", "WEBP")}
+    if corpus is not None:
+        files = corpus_files(corpus, 300)
+        if files:
+            sets["corpus JPEG"] = files
+    results: dict[str, object] = {}
+    print(f"hashing, one core ({platform.processor() or platform.machine()}), >= {min_seconds:.0f} s per figure")
+    for name, inputs in sets.items():
+        mean_kb = sum(map(len, inputs)) / len(inputs) / 1024
+        ours = _rate(_ours, inputs, min_seconds)
+        baseline = _rate(_imagehash, inputs, min_seconds)
+        print(f"  {name:<18} {len(inputs):>4} files, {mean_kb:6.0f} KB avg: imgdedup {ours:7.1f}/s  "
+              f"ImageHash.phash {baseline:6.1f}/s  ratio {ours / baseline:4.2f}x")
+        results[name] = {"files": len(inputs), "mean_kb": round(mean_kb, 1), "imgdedup_per_s": round(ours, 1),
+                         "imagehash_phash_per_s": round(baseline, 1), "ratio": round(ours / baseline, 2)}
+    line = {"bench": "hashing", "results": results}
+    print(json.dumps(line))
+    return line

@@ -1,0 +1,192 @@
+"""The crash-safety parts of the Redis first-wins protocol (insert-then-verify with a
+sequence number): stale pending entries, the fenced finalize, and the waits.
+
+These drive real Redis; a registrar "crashing" or "stalling" is simulated by inserting a
+pending entry with the index's own script and never finalizing it, or by blocking a
+registrar inside its decide step while another replica proceeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from functools import partial
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from helpers import flip_bits, make_fingerprint, random_code
+from service.decisions import MatchKind, Policy, Verdict, decide
+from service.index.redis_mih import RedisMihIndex
+
+pytestmark = pytest.mark.integration
+
+NS = "race"
+POLICY = Policy(8, 12)
+DECIDE = partial(decide, policy=POLICY)
+
+
+async def insert_pending(index: RedisMihIndex, image_id: str, fingerprint, lease_ms: int) -> int:
+    """What a registrar does before it crashes: seq taken, codes in the buckets, pending."""
+    m = await index.substrings(NS)
+    own = index._own_buckets(NS, fingerprint.codes, m)
+    packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
+    result = await index._insert(
+        keys=[index._key(NS, f"rec:{image_id}"), index._key(NS, "seq"), index._key(NS, "state"), *own],
+        args=[lease_ms, fingerprint.sha256_hex, image_id, *packed],
+    )
+    return int(result[0])
+
+
+async def test_crashed_registrar_blocks_only_until_its_lease_expires(redis_index: RedisMihIndex) -> None:
+    rng = np.random.default_rng(5)
+    base = random_code(rng)
+    await insert_pending(redis_index, "ghost", make_fingerprint(base, b"ghost"), lease_ms=400)
+
+    started = time.monotonic()
+    result = await redis_index.register(NS, "real", make_fingerprint(flip_bits(base, 3, rng), b"real"), DECIDE, radius=12)
+    waited = time.monotonic() - started
+
+    assert result.record.verdict == Verdict.ACCEPTED  # the ghost never became a kept image
+    assert 0.3 <= waited < 5.0, waited
+    assert redis_index.pending_waits == 1
+    assert await redis_index.query(NS, base, radius=12) == [("real", 3)]
+    assert await redis_index.get(NS, "ghost") is None
+
+
+async def test_unrelated_pending_entry_does_not_delay(redis_index: RedisMihIndex) -> None:
+    rng = np.random.default_rng(6)
+    await insert_pending(redis_index, "ghost", make_fingerprint(random_code(rng), b"ghost"), lease_ms=60_000)
+    started = time.monotonic()
+    result = await redis_index.register(NS, "far", make_fingerprint(random_code(rng), b"far"), DECIDE, radius=12)
+    assert result.record.verdict == Verdict.ACCEPTED
+    assert time.monotonic() - started < 1.0
+    assert redis_index.pending_waits == 0
+
+
+async def test_later_registrar_waits_for_earlier_pending_near_duplicate(redis_index: RedisMihIndex) -> None:
+    """An earlier near-duplicate that is still being decided is waited for, then wins."""
+    rng = np.random.default_rng(7)
+    base = random_code(rng)
+    early = make_fingerprint(base, b"early")
+    seq = await insert_pending(redis_index, "early", early, lease_ms=60_000)
+
+    late_task = asyncio.create_task(
+        redis_index.register(NS, "late", make_fingerprint(flip_bits(base, 2, rng), b"late"), DECIDE, radius=12)
+    )
+    await asyncio.sleep(0.3)
+    assert not late_task.done(), "the later image must wait for the earlier one's decision"
+    # The earlier registrar finishes: accepted, state kept.
+    from service.index.base import ImageRecord
+    from service.decisions import Decision
+
+    record = ImageRecord.build(NS, "early", early, Decision(Verdict.ACCEPTED), seq, None)
+    payload = (await redis_index._redis.hget(redis_index._key(NS, "state"), str(seq)))
+    outcome = await redis_index._finalize(
+        keys=[redis_index._key(NS, "state"), redis_index._key(NS, "rec:early"), redis_index._key(NS, "rec:early"),
+              redis_index._key(NS, f"sha:{early.sha256_hex}")],
+        args=[seq, payload, f"K|{early.sha256_hex}|early", record.to_json(), "early", "0", ""],
+    )
+    assert int(outcome) == 1
+    late = await asyncio.wait_for(late_task, 5)
+    assert (late.record.verdict, late.record.duplicate_of, late.record.distance) == (Verdict.DUPLICATE, "early", 2)
+
+
+async def test_stalled_registrar_is_fenced_out_and_retries(redis_url: str, redis_index: RedisMihIndex, redis_prefix: str) -> None:
+    """Replica A stalls inside its decision longer than its lease; replica B removes A's
+    pending entry and is accepted; A's finalize is refused, it restarts and is judged a
+    duplicate of B. Exactly one accepted."""
+    rng = np.random.default_rng(8)
+    base = random_code(rng)
+    fp_a = make_fingerprint(base, b"a")
+    fp_b = make_fingerprint(flip_bits(base, 4, rng), b"b")
+    client_a = aioredis.Redis.from_url(redis_url)
+    replica_a = RedisMihIndex(client_a, prefix=redis_prefix, substrings=4, lease_ms=300)
+    b_result: dict[str, object] = {}
+
+    def run_replica_b() -> None:
+        async def main() -> None:
+            client = aioredis.Redis.from_url(redis_url)
+            replica_b = RedisMihIndex(client, prefix=redis_prefix, substrings=4)
+            try:
+                b_result["registration"] = await replica_b.register(NS, "b", fp_b, DECIDE, radius=12)
+                b_result["waits"] = replica_b.pending_waits
+            finally:
+                await client.aclose()
+
+        asyncio.run(main())
+
+    calls = {"n": 0}
+
+    def stalling_decide(lookup):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            # A has its pending entry in Redis; B runs to completion meanwhile (on its own
+            # loop and connection), outliving A's 300 ms lease.
+            worker = threading.Thread(target=run_replica_b)
+            worker.start()
+            worker.join(20)
+        return DECIDE(lookup)
+
+    try:
+        a = await replica_a.register(NS, "a", fp_a, stalling_decide, radius=12)
+    finally:
+        await client_a.aclose()
+    b = b_result["registration"]
+    assert b.record.verdict == Verdict.ACCEPTED
+    assert b_result["waits"] == 1
+    assert (a.record.verdict, a.record.duplicate_of, a.record.match) == (Verdict.DUPLICATE, "b", MatchKind.NEAR)
+    assert a.record.seq > b.record.seq
+    assert replica_a.restarts == 1  # the fenced finalize forced a restart
+    assert calls["n"] == 2
+    assert await redis_index.query(NS, base, radius=12) == [("b", 4)]
+
+
+async def test_same_image_id_registered_concurrently_is_decided_once(redis_index: RedisMihIndex, redis_replicas) -> None:
+    rng = np.random.default_rng(9)
+    fp = make_fingerprint(random_code(rng), b"same")
+    replicas = await redis_replicas(4)
+    results = await asyncio.gather(
+        *(r.register(NS, "img", fp, DECIDE, radius=12) for r in [redis_index, *replicas] for _ in range(3))
+    )
+    assert sum(not r.replayed for r in results) == 1
+    assert {(r.record.verdict, r.record.seq) for r in results} == {(Verdict.ACCEPTED, results[0].record.seq)}
+    assert await redis_index.query(NS, fp.codes[0], radius=0) == [("img", 0)]
+    # No leftovers: exactly one record of the image in its own buckets.
+    m = await redis_index.substrings(NS)
+    for key in redis_index._own_buckets(NS, fp.codes, m):
+        assert len(await redis_index._redis.get(key)) == 12
+
+
+async def test_reads_of_an_unknown_namespace_create_nothing(redis_index: RedisMihIndex, redis_prefix: str) -> None:
+    fp = make_fingerprint(123456789, b"x")
+    assert await redis_index.query("ghost-ns", 123456789, radius=12) == []
+    assert (await redis_index.lookup("ghost-ns", fp, radius=12)).candidates == ()
+    assert await redis_index.remove("ghost-ns", "nope") is False
+    assert await redis_index.get("ghost-ns", "nope") is None
+    assert [k async for k in redis_index._redis.scan_iter(match=f"{redis_prefix}:*")] == []
+
+
+async def test_burst_of_near_duplicates_resolves_in_seq_order_without_lease_expiry(redis_url: str, redis_prefix: str) -> None:
+    """150 copies of one photo at once, with a lease (1 s) shorter than the whole burst
+    takes (~3.6 s here): renewal keeps waiters alive, one is accepted, nothing restarts."""
+    client = aioredis.Redis.from_url(redis_url, max_connections=400)
+    index = RedisMihIndex(client, prefix=redis_prefix, substrings=4, lease_ms=1000)
+    rng = np.random.default_rng(10)
+    base = random_code(rng)
+    fps = {f"copy{i:03d}": make_fingerprint(flip_bits(base, int(rng.integers(0, 4)), rng), f"c{i}".encode()) for i in range(150)}
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(index.register(NS, i, fp, DECIDE, radius=12) for i, fp in fps.items()))
+        elapsed = time.monotonic() - started
+    finally:
+        await client.aclose()
+    accepted = [r.record for r in results if r.record.verdict == Verdict.ACCEPTED]
+    assert len(accepted) == 1
+    assert accepted[0].seq == min(r.record.seq for r in results)
+    assert all(r.record.duplicate_of == accepted[0].image_id for r in results if r.record is not accepted[0])
+    assert index.restarts == 0, "a waiter's lease expired: renewal did not work"
+    assert elapsed > 1.0, "the burst no longer outlives the lease: lengthen it to keep testing renewal"
+    print(f"150-way burst resolved in {elapsed:.2f} s, {index.watch_conflicts} bucket-rewrite retries")
