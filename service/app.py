@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -133,22 +134,23 @@ class Service:
         return checks
 
     async def stop(self) -> None:
-        """Reverse order: stop taking work, drain, then close what the work used."""
-        if self.consumer is not None:
-            await self.consumer.stop()
-            self.consumer = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self.fetcher is not None:
-            await self.fetcher.close()
-            self.fetcher = None
-        if self.hasher is not None:
-            await self.hasher.close()
-            self.hasher = None
-        if self.index is not None:
-            await self.index.close()
-            self.index = None
+        """Reverse order: stop taking work, drain, then close what the work used. Every
+        step runs even if an earlier one failed."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]] | None]] = [
+            ("consumer", self.consumer.stop if self.consumer else None),
+            ("http", self._runner.cleanup if self._runner else None),
+            ("fetcher", self.fetcher.close if self.fetcher else None),
+            ("hasher", self.hasher.close if self.hasher else None),
+            ("index", self.index.close if self.index else None),
+        ]
+        self.consumer = self._runner = self.fetcher = self.hasher = self.index = None  # type: ignore[assignment]
+        for name, close in steps:
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception:
+                log.exception("closing %s failed", name)
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

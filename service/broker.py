@@ -41,6 +41,9 @@ class TansuBroker:
                 "--storage-engine", "memory://tansu/",
             ],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # Own session: a Ctrl-C in the terminal must not kill the broker before the
+            # service has drained and committed; we stop it ourselves, last.
+            start_new_session=True,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
         log.close()

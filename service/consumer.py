@@ -63,6 +63,21 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+async def _quietly(what: str, closing: Awaitable[None]) -> None:
+    """Run a client's close step; a failure there (a broker already gone) is logged, not
+    raised, so that the remaining resources still get closed. A CancelledError that is not
+    aimed at us (aiokafka re-raises its own fetch task's) is absorbed the same way."""
+    try:
+        await closing
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("closing the Kafka %s was interrupted", what)
+    except Exception as exc:
+        log.warning("closing the Kafka %s failed: %r", what, exc)
+
+
 class _Abandoned(Exception):
     """Shutdown gave up on this record; it stays uncommitted and is redelivered."""
 
@@ -175,10 +190,12 @@ class UploadConsumer:
         await self._drain(self._settings.shutdown_timeout_s)
         await self._commit()
         consumer, producer = self._consumer, self._producer
-        self._consumer = self._producer = None
-        await consumer.stop()
-        if producer is not None:
-            await producer.stop()
+        try:
+            await _quietly("consumer", consumer.stop())
+        finally:
+            self._consumer = self._producer = None
+            if producer is not None:
+                await _quietly("producer", producer.stop())
         log.info("consumer stopped")
 
     async def ready(self) -> str:
@@ -341,7 +358,7 @@ class UploadConsumer:
                 try:
                     await asyncio.wait_for(self._abandon.wait(), delay)
                     raise _Abandoned() from exc
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 delay = min(ceiling, delay * 2) * random.uniform(0.8, 1.2)
 
@@ -389,7 +406,7 @@ class UploadConsumer:
     async def release_partitions(self, revoked: set[TopicPartition]) -> None:
         """Rebalance: finish what we started on these partitions, commit, let go."""
         deadline = time.monotonic() + self._settings.shutdown_timeout_s
-        while self._tracker.in_flight(revoked) and time.monotonic() < deadline:
+        while self._tracker.in_flight(revoked) and time.monotonic() < deadline:  # noqa: ASYNC110 - rare path
             await asyncio.sleep(0.02)
         await self._commit(only=revoked)
         self._tracker.forget(revoked)
@@ -401,7 +418,7 @@ class UploadConsumer:
         tasks = list(self._tasks)
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
         if pending:
             log.warning("drain timed out; abandoning in-flight records", extra={"count": len(pending)})
             self._abandon.set()

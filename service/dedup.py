@@ -37,7 +37,7 @@ class Deduplicator:
         self.metrics = metrics
         self._slots = asyncio.Semaphore(max_in_flight)
         self._decide = partial(decide, policy=policy)
-        self._conflicts_seen = 0
+        self._exported: dict[str, int] = {}
 
     async def fingerprint(self, data: bytes) -> Fingerprint:
         started = time.perf_counter()
@@ -96,10 +96,17 @@ class Deduplicator:
             self.metrics.index_seconds.labels("remove").observe(time.perf_counter() - started)
 
     def _export_conflicts(self) -> None:
-        total = getattr(self.index, "watch_conflicts", 0)
-        if total > self._conflicts_seen:
-            self.metrics.index_conflicts.inc(total - self._conflicts_seen)
-            self._conflicts_seen = total
+        """Copy the index's own counters (Redis backend) into Prometheus counters."""
+        for attribute, counter in (
+            ("watch_conflicts", self.metrics.index_conflicts),
+            ("pending_waits", self.metrics.index_waits),
+            ("restarts", self.metrics.index_restarts),
+        ):
+            total = getattr(self.index, attribute, 0)
+            seen = self._exported.get(attribute, 0)
+            if total > seen:
+                counter.inc(total - seen)
+                self._exported[attribute] = total
 
 
 def _sha256_hex(data: bytes) -> str:

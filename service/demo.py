@@ -88,7 +88,7 @@ async def _redis_answers(url: str) -> bool:
 
 def _print_decision(description: str, message: object) -> None:
     d = message
-    verdict = getattr(d, "verdict")
+    verdict = d.verdict
     detail = ""
     if verdict in ("duplicate", "review"):
         detail = f"of {d.duplicate_of} ({d.match}, distance {d.distance})"  # type: ignore[attr-defined]
@@ -99,6 +99,10 @@ def _print_decision(description: str, message: object) -> None:
 
 async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True) -> int:
     env = dict(os.environ if env is None else env)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     redis_url = env.get("IMGDEDUP_REDIS_URL", "redis://127.0.0.1:6379/0")
     use_redis = await _redis_answers(redis_url)
     print("imgdedup demo")
@@ -132,26 +136,32 @@ async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True)
         service = Service(settings)
         await service.start()
         print(f"  service: HTTP on http://{settings.http_host}:{service.http_port}, namespace {namespace!r}\n")
+        interrupted = asyncio.create_task(stop.wait())
         try:
-            await _publish_and_print(settings, namespace)
-            if keep_serving:
+            publishing = asyncio.create_task(_publish_and_print(settings, namespace))
+            await asyncio.wait([publishing, interrupted], return_when=asyncio.FIRST_COMPLETED)
+            if not publishing.done():
+                publishing.cancel()
+                await asyncio.gather(publishing, return_exceptions=True)
+            else:
+                publishing.result()
+            if keep_serving and not stop.is_set():
                 print(
                     "\nServing HTTP until Ctrl-C. Try:\n"
-                    f"  curl -s --data-binary @service/samples/coffee.jpg "
+                    f"  curl -s -H 'Content-Type: image/jpeg' --data-binary @service/samples/coffee.jpg "
                     f"http://{settings.http_host}:{service.http_port}/v1/namespaces/{namespace}/check\n"
                     f"  curl -s http://{settings.http_host}:{service.http_port}/v1/namespaces/{namespace}/images/astronaut.jpg/duplicates\n"
                     f"  curl -s http://{settings.http_host}:{service.http_port}/metrics | grep imgdedup_decisions"
                 )
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, stop.set)
                 await stop.wait()
-                print("\nstopping: draining, committing, closing")
+            print("\nstopping: draining, committing, closing")
         finally:
+            interrupted.cancel()
             await service.stop()
     finally:
         broker.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     return 0
 
 

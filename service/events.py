@@ -15,9 +15,9 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from ._gen.imgdedup.v1 import events_pb2
-from .errors import InvalidEvent
-from .index.base import ImageRecord, validate_image_id, validate_namespace
+from .errors import InvalidEvent, InvalidIdentifier
 from .hashing import code_hex
+from .index.base import ImageRecord, validate_image_id, validate_namespace
 
 JSON_CONTENT_TYPE = "application/json"
 PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
@@ -73,8 +73,8 @@ def decode_upload(value: bytes | None, headers: Headers | None, fallback_event_i
     try:
         validate_namespace(message.namespace)
         validate_image_id(message.image_id)
-    except Exception as exc:  # InvalidIdentifier: re-raise as an event problem
-        raise InvalidEvent(str(exc)) from None
+    except InvalidIdentifier as exc:  # an event problem, reported as one
+        raise InvalidEvent(exc.detail) from None
     return UploadEvent(
         event_id=message.event_id or fallback_event_id,
         namespace=message.namespace,

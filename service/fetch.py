@@ -7,7 +7,6 @@ later would be open to DNS rebinding.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from typing import Any
@@ -112,7 +111,7 @@ class UrlFetcher:
             raise FetchFailed(f"cannot connect for {url}: {exc.os_error}") from None
         except aiohttp.TooManyRedirects:
             raise FetchFailed(f"{url}: more than {MAX_REDIRECTS} redirects") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise FetchFailed(f"{url}: timed out after {self._timeout.total} s") from None
         except aiohttp.ClientError as exc:
             raise FetchFailed(f"{url}: {type(exc).__name__}: {exc}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import signal
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,7 +27,9 @@ class HashingCrashed(InputError):
 
 
 def _warm_up() -> None:
-    """Import the heavy modules in the worker before the first real job arrives."""
+    """Worker start: ignore Ctrl-C (the parent decides when workers stop; a terminal's
+    SIGINT reaches the whole process group) and import the heavy modules early."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401
 

@@ -40,6 +40,9 @@ SOURCE = "http"
 UNMATCHED_ROUTE = "unmatched"
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ACCEPTED_MEDIA = "application/octet-stream"
+#: What `curl --data-binary` sends when no type is given: a client that did not say,
+#: not a form. The bytes are sniffed either way.
+_UNSPECIFIED_MEDIA = frozenset({"application/x-www-form-urlencoded"})
 
 
 class UnsupportedMediaType(InputError):
@@ -204,7 +207,7 @@ async def _read_image(request: web.Request, settings: Settings) -> bytes:
     declared = request.headers.get(hdrs.CONTENT_TYPE)
     if declared is not None:
         mime = request.content_type.lower()
-        if not (mime.startswith("image/") or mime == _ACCEPTED_MEDIA):
+        if not (mime.startswith("image/") or mime == _ACCEPTED_MEDIA or mime in _UNSPECIFIED_MEDIA):
             raise UnsupportedMediaType(
                 f"Content-Type {mime!r} is not an image; send the raw bytes as image/* "
                 f"or {_ACCEPTED_MEDIA}"

@@ -35,7 +35,15 @@ class Metrics:
         )
         self.index_conflicts = Counter(
             "imgdedup_index_watch_conflicts_total",
-            "Optimistic-transaction retries in the Redis index (concurrent near-duplicates).", registry=r,
+            "Optimistic retries of Redis bucket rewrites and removals.", registry=r,
+        )
+        self.index_waits = Counter(
+            "imgdedup_index_pending_waits_total",
+            "Registrations that waited for a concurrent, earlier near-duplicate to be decided.", registry=r,
+        )
+        self.index_restarts = Counter(
+            "imgdedup_index_restarts_total",
+            "Registrations decided again (lease lost, or their match was removed meanwhile).", registry=r,
         )
         self.hash_seconds = Histogram(
             "imgdedup_hash_seconds", "Time to hash one image in the worker pool, queueing included.",

@@ -85,7 +85,7 @@ def probe_count(radius: int, m: int, bits: int = CODE_BITS) -> int:
     widths = substring_widths(m, bits)
     total = 0
     for width, r in zip(widths, probe_radii(radius, m)):
-        total += sum(math.comb(width, k) for k in range(0, r + 1)) if r >= 0 else 0
+        total += sum(math.comb(width, k) for k in range(r + 1)) if r >= 0 else 0
     return total
 
 

@@ -22,8 +22,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from imagegen import distinct_image, encode, variants
+
 from service._gen.imgdedup.v1 import events_pb2
 from service.app import Service
 from service.broker import TansuBroker
@@ -214,9 +214,15 @@ async def test_redelivered_event_replays_stored_decision(stack: Stack, service: 
 
 async def test_url_source_fetched_and_private_addresses_refused(stack: Stack, kafka_bootstrap: str) -> None:
     image = encode(distinct_image(4242))
+    async def serve_image(request: web.Request) -> web.Response:
+        return web.Response(body=image, content_type="image/jpeg")
+
+    async def not_found(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
     app = web.Application()
-    app.router.add_get("/img.jpg", lambda request: web.Response(body=image, content_type="image/jpeg"))
-    app.router.add_get("/missing.jpg", lambda request: web.Response(status=404))
+    app.router.add_get("/img.jpg", serve_image)
+    app.router.add_get("/missing.jpg", not_found)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -16,8 +16,8 @@ from functools import partial
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-
 from helpers import flip_bits, make_fingerprint, random_code
+
 from service.decisions import MatchKind, Policy, Verdict, decide
 from service.index.redis_mih import RedisMihIndex
 
@@ -79,8 +79,8 @@ async def test_later_registrar_waits_for_earlier_pending_near_duplicate(redis_in
     await asyncio.sleep(0.3)
     assert not late_task.done(), "the later image must wait for the earlier one's decision"
     # The earlier registrar finishes: accepted, state kept.
-    from service.index.base import ImageRecord
     from service.decisions import Decision
+    from service.index.base import ImageRecord
 
     record = ImageRecord.build(NS, "early", early, Decision(Verdict.ACCEPTED), seq, None)
     payload = (await redis_index._redis.hget(redis_index._key(NS, "state"), str(seq)))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections import defaultdict
@@ -122,6 +123,9 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
+
+
+log = logging.getLogger("imgdedup.index")
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +338,7 @@ class RedisMihIndex:
             own_lease = _OwnLease(seq, payload, fp.sha256_hex, image_id, self._lease_ms)
             states = await self._settled_states(namespace, earlier, clock, own_lease)
             payload = own_lease.payload
-            for s, st in states.items():
+            for st in states.values():
                 if st.image_id == image_id:
                     # The same image_id is being registered concurrently and got in first.
                     stored = await self.get(namespace, image_id)
@@ -422,8 +426,8 @@ class RedisMihIndex:
         try:
             await self._cas_delete(keys=[self._key(namespace, "state")], args=[seq, payload])
             await self._strip(namespace, own, seq)
-        except Exception:
-            pass  # best effort: the lease expires and waiters clean it up
+        except Exception as exc:  # best effort: the lease expires and waiters clean it up
+            log.warning("could not withdraw pending registration %s: %r", seq, exc)
 
     async def _strip(self, namespace: str, keys: Iterable[str], seq: int) -> None:
         """Remove the records of `seq` from these buckets (optimistic, m keys at most per code)."""

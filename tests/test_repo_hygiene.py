@@ -1,0 +1,38 @@
+"""Checks that keep the repository honest: lint clean, generated code in sync with proto/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff_is_clean() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "service", "tests", "scripts"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_generated_protobuf_module_matches_the_schema(tmp_path: Path) -> None:
+    out = tmp_path / "gen"
+    out.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}",
+         str(ROOT / "proto/imgdedup/v1/events.proto")],
+        check=True,
+    )
+    fresh = (out / "imgdedup/v1/events_pb2.py").read_text()
+    committed = (ROOT / "service/_gen/imgdedup/v1/events_pb2.py").read_text()
+    assert fresh == committed, "proto/ changed: run scripts/gen-proto and commit the result"
+
+
+def test_readme_configuration_table_matches_settings() -> None:
+    from service.config import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    for name, _default, _doc in Settings.documentation():
+        assert f"`{name}`" in readme, f"{name} is not documented in the README"
