@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
 from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -107,7 +108,14 @@ class Service:
             self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
             if s.kafka_bootstrap:
                 self.consumer = UploadConsumer(s, self.dedup, self.fetcher, self.metrics)
-                await self.consumer.start()
+                try:
+                    await self.consumer.start()
+                except KafkaError as exc:
+                    self.consumer = None
+                    raise StartupError(
+                        f"Kafka at {s.kafka_bootstrap} does not answer ({exc}); start it, fix "
+                        "IMGDEDUP_KAFKA_BOOTSTRAP, or unset it to serve HTTP only"
+                    ) from exc
         except BaseException:
             await self.stop()
             raise

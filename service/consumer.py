@@ -160,11 +160,11 @@ class UploadConsumer:
             max_partition_fetch_bytes=message_limit,
             fetch_max_bytes=max(message_limit, 50 * 1024 * 1024),
         )
-        await self._producer.start()
         try:
+            await self._producer.start()
             await self._consumer.start()
         except BaseException:
-            await self._producer.stop()
+            await _quietly("producer", self._producer.stop())
             raise
         self._consumer.subscribe([s.kafka_input_topic], listener=_RebalanceListener(self))
         self._run_task = asyncio.create_task(self._run(), name="imgdedup-consumer")

@@ -361,3 +361,58 @@ async def test_first_wins_across_two_service_processes(stack: Stack) -> None:
         for process in replicas:
             assert process.wait(30) == 0
     assert_consistent(decisions_of(reader.records), family_of)
+
+
+async def test_redis_outage_is_retried_not_rejected(stack: Stack, tmp_path) -> None:
+    """Redis dies mid-stream: decisions stop (retried with back-off, offsets not committed),
+    none is turned into a rejection; Redis returns and every event is decided."""
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is needed for this test (.ci/run installs it)"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return process
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("private redis-server did not start")
+
+    redis_process = start_redis()
+    settings = Settings(**{**stack.settings.__dict__, "redis_url": f"redis://127.0.0.1:{port}/0",
+                           "kafka_max_retry_backoff_ms": 500})
+    svc = Service(settings)
+    await svc.start()
+    try:
+        async with TopicReader(settings, settings.kafka_decisions_topic) as reader:
+            await publish(settings, [upload("outage", "before", encode(distinct_image(9001)))])
+            await reader.read_until(lambda r: len(r) >= 1)
+            redis_process.terminate()
+            redis_process.wait(10)
+            during = [upload("outage", f"during-{i}", encode(distinct_image(9100 + i))) for i in range(5)]
+            await publish(settings, during)
+            await asyncio.sleep(3)
+            assert len(reader.records) == 1, "decided without an index?"
+            redis_process = start_redis()
+            records = await reader.read_until(lambda r: len(r) >= 6, timeout=60)
+        decisions = decisions_of(records)
+        assert [d.verdict for d in decisions[1:]] == ["accepted"] * 5
+        metrics = svc.metrics.render().decode()
+        assert 'imgdedup_transient_errors_total{component="index"}' in metrics
+        assert "imgdedup_rejections_total{" not in metrics
+    finally:
+        await svc.stop()
+        redis_process.terminate()
+        redis_process.wait(10)

@@ -1,0 +1,64 @@
+"""The command line as an operator meets it: start-up validation and clear failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from service.broker import free_port
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IMGDEDUP_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], env={**base, **(env or {})},
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_serve_refuses_invalid_configuration_listing_every_problem() -> None:
+    result = run_cli("serve", env={
+        "IMGDEDUP_HTTP_PORT": "eighty", "IMGDEDUP_REVIEW_RADIUS": "4", "IMGDEDUP_DUPLICATE_RADIUS": "6",
+        "IMGDEDUP_KAFKA_BOOTSTRAP": "kafka", "IMGDEDUP_TYPO": "1",
+    })
+    assert result.returncode == 2
+    for fragment in ("IMGDEDUP_HTTP_PORT", "IMGDEDUP_REVIEW_RADIUS=4", "IMGDEDUP_KAFKA_BOOTSTRAP", "IMGDEDUP_TYPO"):
+        assert fragment in result.stderr, result.stderr
+
+
+def test_serve_says_which_dependency_is_unreachable() -> None:
+    result = run_cli("serve", env={
+        "IMGDEDUP_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "IMGDEDUP_HTTP_PORT": "0",
+        "IMGDEDUP_HASH_WORKERS": "1",
+    })
+    assert result.returncode == 1
+    assert "does not answer" in result.stderr and "IMGDEDUP_REDIS_URL" in result.stderr
+
+
+def test_config_lists_every_setting_and_check_redacts_secrets() -> None:
+    listing = run_cli("config")
+    assert listing.returncode == 0 and "`IMGDEDUP_DUPLICATE_RADIUS`" in listing.stdout
+    checked = run_cli("config", "--check", env={"IMGDEDUP_REDIS_URL": "redis://u:topsecret@h:6379/0"})
+    assert checked.returncode == 0
+    assert "topsecret" not in checked.stdout and "u:***@h:6379" in checked.stdout
+
+
+def test_hash_prints_fingerprints_and_errors_per_file(tmp_path) -> None:
+    good = tmp_path / "a.jpg"
+    good.write_bytes((__import__("pathlib").Path(__file__).parent.parent / "service/samples/coffee.jpg").read_bytes())
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(b"not an image")
+    result = run_cli("hash", str(good), str(bad))
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert '"format": "JPEG"' in lines[0] and '"error": "undecodable_image"' in lines[1]
+
+
+def test_serve_says_kafka_is_unreachable() -> None:
+    result = run_cli("serve", env={
+        "IMGDEDUP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "IMGDEDUP_HTTP_PORT": "0",
+        "IMGDEDUP_HASH_WORKERS": "1",
+    })
+    assert result.returncode == 1, result.stderr
+    assert "does not answer" in result.stderr and "IMGDEDUP_KAFKA_BOOTSTRAP" in result.stderr
