@@ -75,12 +75,39 @@ def _cmd_hash(args: argparse.Namespace) -> int:
     return status
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.which == "hashing":
-        from .bench.hashing import run
+#: Benchmarks: `imgdedup bench NAME ...` imports `service.bench.NAME`, which provides
+#: `add_arguments(parser)` and `main(args) -> int`. Each prints figures and ends with one
+#: JSON line.
+BENCHMARKS = ("hashing", "index", "pipeline", "http", "accuracy")
 
-        run(count=args.count, min_seconds=args.seconds, corpus=Path(args.corpus) if args.corpus else None)
-    return 0
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    import importlib
+
+    bench = sub.add_parser("bench", help="benchmarks; each ends with one JSON line of figures")
+    names = bench.add_subparsers(dest="which", required=True)
+    for name in BENCHMARKS:
+        try:
+            module = importlib.import_module(f"service.bench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"service.bench.{name}":
+                raise
+            continue
+        parser = names.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(parser)
+        parser.set_defaults(func=module.main)
+
+
+def _add_scan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    try:
+        from .scan import cli as scan_cli
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("service.scan", "service.scan.cli"):
+            raise
+        return
+    scan = sub.add_parser("scan", help="audit an existing folder, URL list or S3 prefix for duplicates")
+    scan_cli.add_arguments(scan)
+    scan.set_defaults(func=scan_cli.main)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,12 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     hash_ = sub.add_parser("hash", help="print the fingerprint of image files")
     hash_.add_argument("files", nargs="+")
     hash_.set_defaults(func=_cmd_hash)
-    bench = sub.add_parser("bench", help="benchmarks; each ends with one JSON line of figures")
-    bench.add_argument("which", choices=["hashing"])
-    bench.add_argument("--count", type=int, default=20, help="generated images per format")
-    bench.add_argument("--seconds", type=float, default=3.0, help="minimum time per figure")
-    bench.add_argument("--corpus", help="also hash the JPEGs of this folder (../shared/bench/build-corpus)")
-    bench.set_defaults(func=_cmd_bench)
+    _add_bench(sub)
+    _add_scan(sub)
     return parser
 
 

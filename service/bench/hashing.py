@@ -3,6 +3,7 @@ measured in the same run on the same bytes (single process = one core)."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import platform
@@ -66,3 +67,14 @@ def run(count: int = 20, min_seconds: float = 3.0, corpus: Path | None = None) -
     line = {"bench": "hashing", "results": results}
     print(json.dumps(line))
     return line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=20, help="generated 1280x960 images per format")
+    parser.add_argument("--seconds", type=float, default=3.0, help="minimum time per figure")
+    parser.add_argument("--corpus", type=Path, help="also hash the JPEGs of this folder (../shared/bench/build-corpus)")
+
+
+def main(args: argparse.Namespace) -> int:
+    run(count=args.count, min_seconds=args.seconds, corpus=args.corpus)
+    return 0
