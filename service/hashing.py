@@ -32,7 +32,7 @@ from .errors import (
 
 #: Identifies how codes are computed; stored per namespace so that codes computed by an
 #: incompatible future algorithm are never compared with these.
-HASH_ALGORITHM = "phash64-dct32-v2"
+HASH_ALGORITHM = "phash64-dct32-trim-windows-v4"
 
 #: Formats we decode. Others that Pillow could open (EPS via Ghostscript, PSD, ICO, ...)
 #: are refused: they are not upload formats and widen the attack surface.
@@ -61,6 +61,14 @@ class Fingerprint:
     height: int
     format: str
     size_bytes: int
+    #: Codes of crop windows: stored in the index so that a later crop of this image
+    #: matches, but never used to query (that would multiply the probes per query).
+    window_codes: tuple[int, ...] = ()
+
+    @property
+    def indexed_codes(self) -> tuple[int, ...]:
+        """Every code the index keeps for this image: whole-image codes, then windows."""
+        return self.codes + tuple(c for c in self.window_codes if c not in self.codes)
 
     @property
     def sha256_hex(self) -> str:
@@ -75,6 +83,7 @@ class Fingerprint:
 class ImageLimits:
     max_bytes: int
     max_pixels: int
+    crop_windows: bool = True
 
 
 def fingerprint(data: bytes, limits: ImageLimits) -> Fingerprint:
@@ -87,12 +96,61 @@ def fingerprint(data: bytes, limits: ImageLimits) -> Fingerprint:
         )
     sha = hashlib.sha256(data).digest()
     image, fmt, (width, height) = decode_for_hashing(data, limits.max_pixels)
-    gray = to_luminance(image)
-    code = phash_code(gray)
+    codes, window_codes = perceptual_codes(to_luminance(image), windows=limits.crop_windows)
     return Fingerprint(
-        sha256=sha, codes=(code,), width=width, height=height, format=fmt,
-        size_bytes=len(data),
+        sha256=sha, codes=codes, width=width, height=height, format=fmt,
+        size_bytes=len(data), window_codes=window_codes,
     )
+
+
+#: Crop windows (keep width, keep height, anchor x, anchor y) over the trimmed picture:
+#: uniform crops at three scales anchored centre and at the corners, and one-dimension
+#: crops (aspect-ratio changes) at two depths anchored at both ends and the centre.
+#: Chosen by `imgdedup bench accuracy`: see docs/accuracy.md.
+CROP_WINDOWS: tuple[tuple[float, float, float, float], ...] = tuple(
+    [(s, s, ax, ay) for s in (0.9, 0.8, 0.7) for ax, ay in ((0.5, 0.5), (0, 0), (1, 0), (0, 1), (1, 1))]
+    + [(k, 1.0, a, 0.5) for k in (0.85, 0.7) for a in (0, 0.5, 1)]
+    + [(1.0, k, 0.5, a) for k in (0.85, 0.7) for a in (0, 0.5, 1)]
+)
+
+
+def perceptual_codes(gray: Image.Image, *, windows: bool = True) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(whole-image codes, crop-window codes) of a greyscale picture.
+
+    Whole-image codes: the picture as stored, and the picture with uniform borders
+    trimmed (when trimming changed anything). Both are kept because trimming makes
+    letterboxed, framed and padded copies match, while the untrimmed code is the more
+    stable one under colour changes. Low-information pictures get no code at all: they
+    match by exact bytes only.
+    """
+    whole: list[int] = []
+    untrimmed = hash_input(gray)
+    if not is_low_information(untrimmed):
+        code = phash_from_pixels(untrimmed)
+        if not is_degenerate(code):
+            whole.append(code)
+    small = downscale_for_trim(gray)
+    box = trim_box(small)
+    trimmed_image = small.crop(box) if box is not None else small
+    if box is not None:
+        trimmed = hash_input(trimmed_image)
+        if not is_low_information(trimmed):
+            code = phash_from_pixels(trimmed)
+            if code not in whole and not is_degenerate(code):
+                whole.append(code)
+    if not whole or not windows:
+        return tuple(whole), ()
+    found: list[int] = []
+    w, h = trimmed_image.size
+    for keep_w, keep_h, anchor_x, anchor_y in CROP_WINDOWS:
+        cw, ch = max(4, round(w * keep_w)), max(4, round(h * keep_h))
+        x, y = round((w - cw) * anchor_x), round((h - ch) * anchor_y)
+        pixels = hash_input(trimmed_image.crop((x, y, x + cw, y + ch)))
+        if not is_low_information(pixels):
+            code = phash_from_pixels(pixels)
+            if code not in whole and code not in found and not is_degenerate(code):
+                found.append(code)
+    return tuple(whole), tuple(found)
 
 
 def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Image.Image, str, tuple[int, int]]:
@@ -211,6 +269,98 @@ def to_luminance(image: Image.Image) -> Image.Image:
     return image if image.mode == "L" else image.convert("L")
 
 
+#: A border row/column is "uniform" when at least BORDER_SHARE of its pixels lie within
+#: a tolerance of the edge's median. The tolerance is relative to the picture's own
+#: contrast (so brightness and contrast changes of a copy trim the same band), with a
+#: floor for JPEG noise in flat bars.
+BORDER_SHARE = 0.985
+BORDER_TOLERANCE_OF_STD = 0.08
+BORDER_TOLERANCE_FLOOR = 3.0
+#: Trimming runs at this scale (longest side), so a copy decoded at another size trims
+#: the same band.
+TRIM_SIDE = 128
+#: Never trim more than this share of a dimension in total (a nearly blank picture stays).
+MAX_TRIM = 0.8
+
+
+def downscale_for_trim(gray: Image.Image) -> Image.Image:
+    """At most TRIM_SIDE pixels on the longest side: copies decoded at other sizes then
+    trim the same band."""
+    if max(gray.size) <= TRIM_SIDE:
+        return gray
+    scale = TRIM_SIDE / max(gray.size)
+    return gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.Resampling.BOX)
+
+
+def trim_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box left after cutting away uniform bands at the edges (letterbox and
+    pillarbox bars, added borders, the plain background around a product cut-out), or
+    None when there is nothing to cut.
+
+    Copies of one photo differ most in exactly these bands, and none of it is picture
+    content; trimming the original and every copy the same way makes them hash alike.
+    """
+    pixels = np.asarray(gray, dtype=np.float32)
+    height, width = pixels.shape
+    if height < 8 or width < 8:
+        return None
+    tolerance = max(BORDER_TOLERANCE_FLOOR, BORDER_TOLERANCE_OF_STD * float(pixels.std()))
+
+    def uniform(line: np.ndarray, reference: float) -> bool:
+        return bool(np.mean(np.abs(line - reference) <= tolerance) >= BORDER_SHARE)
+
+    top, bottom, left, right = 0, height, 0, width
+    limit_rows, limit_cols = int(height * MAX_TRIM), int(width * MAX_TRIM)
+    edge = float(np.median(pixels[0]))
+    while top < height - 1 and (top + height - bottom) < limit_rows and uniform(pixels[top, left:right], edge):
+        top += 1
+    edge = float(np.median(pixels[-1]))
+    while bottom > top + 1 and (top + height - bottom) < limit_rows and uniform(pixels[bottom - 1, left:right], edge):
+        bottom -= 1
+    edge = float(np.median(pixels[top:bottom, 0]))
+    while left < width - 1 and (left + width - right) < limit_cols and uniform(pixels[top:bottom, left], edge):
+        left += 1
+    edge = float(np.median(pixels[top:bottom, -1]))
+    while right > left + 1 and (left + width - right) < limit_cols and uniform(pixels[top:bottom, right - 1], edge):
+        right -= 1
+    if (top, bottom, left, right) == (0, height, 0, width) or bottom - top < 4 or right - left < 4:
+        return None
+    return left, top, right, bottom
+
+
+def trim_uniform_borders(gray: Image.Image) -> Image.Image:
+    """`gray` downscaled for trimming, with its uniform border bands cut away."""
+    small = downscale_for_trim(gray)
+    box = trim_box(small)
+    return small.crop(box) if box is not None else small
+
+
+def hash_input(gray: Image.Image) -> np.ndarray:
+    """The 32x32 area-averaged greyscale pixels every perceptual code is computed from."""
+    return np.asarray(gray.resize((_DCT_SIDE, _DCT_SIDE), Image.Resampling.BOX), dtype=np.float64)
+
+
+#: Standard deviation (grey levels) of the 32x32 hash input below which a picture is
+#: "low information" (near-uniform, very dark or nearly empty): its DCT signs are noise,
+#: so it gets no perceptual code and can only match by exact bytes.
+LOW_INFORMATION_STD = 8.0
+
+
+#: A pHash splits 63 AC coefficients at their median, so a normal code has ~31 bits set
+#: (28-31 on the whole benchmark corpus). Far fewer means most coefficients were exactly
+#: zero (plain bands, e.g. a tricolour flag): the bits are ties, not content, and two
+#: unrelated pictures of that kind land a bit or two apart.
+MIN_CODE_BITS = 20
+
+
+def is_low_information(small: np.ndarray) -> bool:
+    return float(small.std()) < LOW_INFORMATION_STD
+
+
+def is_degenerate(code: int) -> bool:
+    return code.bit_count() < MIN_CODE_BITS
+
+
 @lru_cache(maxsize=4)
 def _dct_matrix(n: int) -> np.ndarray:
     """Orthonormal DCT-II matrix: dct(x) == M @ x. Same basis as scipy's dct(norm='ortho')."""
@@ -233,8 +383,11 @@ def phash_code(gray: Image.Image) -> int:
     bit), and the DC bit is always 0: DC is the mean brightness, which the hash is meant
     to ignore, and it is above the median for every image but a black one.
     """
-    small = gray.resize((_DCT_SIDE, _DCT_SIDE), Image.Resampling.BOX)
-    pixels = np.asarray(small, dtype=np.float64)
+    return phash_from_pixels(hash_input(gray))
+
+
+def phash_from_pixels(pixels: np.ndarray) -> int:
+    """pHash of a 32x32 float array (see `phash_code`)."""
     dct = _dct_matrix(_DCT_SIDE)
     coefficients = np.round((dct @ pixels @ dct.T)[:HASH_SIZE, :HASH_SIZE], 6)
     bits = (coefficients > np.median(coefficients)).ravel()

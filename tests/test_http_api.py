@@ -129,8 +129,10 @@ async def index(request: pytest.FixtureRequest) -> AsyncIterator[DedupIndex]:
 
 @pytest.fixture
 async def hasher(settings: Settings) -> AsyncIterator[Hasher]:
+    # Whole-image codes only: these tests use a small crop to reach the review band. The
+    # default crop windows (which make that crop a duplicate) are tested on their own.
     h = Hasher(
-        ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+        ImageLimits(settings.max_image_bytes, settings.max_image_pixels, crop_windows=False),
         workers=2,
         use_threads=True,
     )
@@ -271,6 +273,19 @@ async def test_cropped_variant_goes_to_review(client: TestClient) -> None:
     assert (body["verdict"], body["match"], body["duplicate_of"]) == ("review", "near", "orig")
     assert 8 < body["distance"] <= 12
     assert body["distance"] == hamming(int(a["phashes"][0], 16), int(body["phashes"][0], 16))
+
+
+async def test_crop_is_a_duplicate_with_the_default_crop_windows(settings: Settings, memory_index) -> None:
+    windows = Hasher(ImageLimits(settings.max_image_bytes, settings.max_image_pixels), workers=1, use_threads=True)
+    await windows.start()
+    try:
+        dedup = Deduplicator(memory_index, windows, Policy(8, 12), Metrics(), max_in_flight=4)
+        assert (await dedup.register("ns", "orig", original("chelsea"))).record.verdict == "accepted"
+        for removed in (0.06, 0.2):
+            record = (await dedup.register("ns", f"crop-{removed}", cropped("chelsea", removed))).record
+            assert (record.verdict, record.duplicate_of) == ("duplicate", "orig"), removed
+    finally:
+        await windows.close()
 
 
 async def test_different_photo_is_accepted(client: TestClient) -> None:

@@ -68,6 +68,11 @@ class ImageRecord:
     format: str
     size_bytes: int
     event_id: str | None = None
+    window_codes: tuple[int, ...] = ()
+
+    @property
+    def indexed_codes(self) -> tuple[int, ...]:
+        return self.codes + tuple(c for c in self.window_codes if c not in self.codes)
 
     @property
     def kept(self) -> bool:
@@ -99,6 +104,7 @@ class ImageRecord:
             format=fingerprint.format,
             size_bytes=fingerprint.size_bytes,
             event_id=event_id,
+            window_codes=fingerprint.window_codes,
         )
 
     @property
@@ -108,12 +114,14 @@ class ImageRecord:
     def to_json(self) -> str:
         data = asdict(self)
         data["codes"] = [code_hex(c) for c in self.codes]
+        data["window_codes"] = [code_hex(c) for c in self.window_codes]
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> ImageRecord:
         data: dict[str, Any] = json.loads(raw)
         data["codes"] = tuple(int(c, 16) for c in data["codes"])
+        data["window_codes"] = tuple(int(c, 16) for c in data.get("window_codes", ()))
         data["verdict"] = Verdict(data["verdict"])
         data["match"] = MatchKind(data["match"]) if data["match"] else None
         return cls(**data)

@@ -129,7 +129,7 @@ class MemoryIndex:
             record = ImageRecord.build(namespace, image_id, fingerprint, decision, seq, event_id)
             ns.records[image_id] = record
             if record.kept:
-                ns.append(fingerprint.codes, seq)
+                ns.append(fingerprint.indexed_codes, seq)
                 ns.seq_to_id[seq] = image_id
                 ns.sha_to_kept.setdefault(record.sha256, image_id)
             if record.duplicate_of is not None:

@@ -318,7 +318,7 @@ class RedisMihIndex:
     ) -> Registration:
         rec_key = self._key(namespace, f"rec:{image_id}")
         state_key = self._key(namespace, "state")
-        own = self._own_buckets(namespace, fp.codes, m)
+        own = self._own_buckets(namespace, fp.indexed_codes, m)
         packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
         result = await self._insert(
             keys=[rec_key, self._key(namespace, "seq"), state_key, *own],
@@ -489,7 +489,7 @@ class RedisMihIndex:
         else:
             raise ContentionError(f"remove {namespace}/{image_id}: too many concurrent changes")
         if record.kept:
-            await self._strip(namespace, self._own_buckets(namespace, record.codes, m), record.seq)
+            await self._strip(namespace, self._own_buckets(namespace, record.indexed_codes, m), record.seq)
         return True
 
     # --- lifecycle ---------------------------------------------------------------------
