@@ -158,6 +158,7 @@ class UploadConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=message_limit,
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
             fetch_max_bytes=max(message_limit, 50 * 1024 * 1024),
         )
         try:

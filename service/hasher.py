@@ -2,15 +2,19 @@
 
 Decoding is CPU-bound and partly holds the GIL; a process pool keeps the loop free to
 serve HTTP, heartbeat Kafka and talk to Redis while images are hashed on every core.
-The pool is started with `forkserver` (not `fork`): forking a process that already runs
-an event loop and client threads is a classic source of deadlocks.
+Workers are started with `spawn` (not `fork`: forking a process that already runs an
+event loop and client threads is a classic source of deadlocks; not `forkserver`: its
+server and workers outlive a SIGKILLed service). Each worker watches its parent and
+exits when the parent is gone, so a killed service leaves no processes behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
+import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,12 +30,23 @@ class HashingCrashed(InputError):
     http_status = 422
 
 
-def _warm_up() -> None:
+def _worker_init(parent_pid: int) -> None:
     """Worker start: ignore Ctrl-C (the parent decides when workers stop; a terminal's
-    SIGINT reaches the whole process group) and import the heavy modules early."""
+    SIGINT reaches the whole process group), exit when the parent dies, and import the
+    heavy modules before the first job."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True, name="parent-watch").start()
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401
+
+    from . import hashing  # noqa: F401
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(0)
 
 
 class Hasher:
@@ -46,10 +61,12 @@ class Hasher:
     def _new_pool(self) -> Executor:
         if self._use_threads:
             return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hasher")
-        context = multiprocessing.get_context("forkserver")
-        # The fork server imports the hashing stack once; workers fork from it warm.
-        context.set_forkserver_preload(["service.hashing"])
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_warm_up)
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+        )
 
     async def start(self) -> None:
         self._pool = self._new_pool()

@@ -269,6 +269,21 @@ def spawn_service(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def processes_with_env(key: str, value: str) -> list[int]:
+    """PIDs whose environment holds key=value (the service's workers inherit it)."""
+    needle = f"{key}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as env:
+                    if needle in env.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def families(namespace: str, count: int, seed: int) -> tuple[list, dict[str, str]]:
     """Events for `count` photos with 5 copies each (original + 4 variants), shuffled."""
     events, family_of = [], {}
@@ -310,6 +325,12 @@ async def test_killed_consumer_loses_nothing_and_accepts_nothing_twice(stack: St
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(10)
+        # Nothing of the killed service survives it (its hashing workers exit on their own).
+        group = stack.env["IMGDEDUP_KAFKA_GROUP_ID"]
+        deadline = time.monotonic() + 10
+        while processes_with_env("IMGDEDUP_KAFKA_GROUP_ID", group) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling /proc
+            await asyncio.sleep(0.2)
+        assert processes_with_env("IMGDEDUP_KAFKA_GROUP_ID", group) == [], "orphaned worker processes"
         decided_before_kill = len(reader.records)
         assert decided_before_kill < len(events), "the kill did not land mid-stream"
         second = spawn_service(stack.env)
