@@ -49,6 +49,11 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         options["username"] = settings.redis_username
     if settings.redis_password:
         options["password"] = settings.redis_password
+    if settings.redis_ssl_ca_file:
+        options["ssl_ca_certs"] = settings.redis_ssl_ca_file
+    if settings.redis_ssl_certfile:
+        options["ssl_certfile"] = settings.redis_ssl_certfile
+        options["ssl_keyfile"] = settings.redis_ssl_keyfile
     # A blocking pool sized to the work we allow in flight: excess callers wait for a
     # connection instead of failing (redis-py's default pool raises when exhausted).
     pool = aioredis.BlockingConnectionPool.from_url(

@@ -17,6 +17,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env()
+        if settings.file_problems():
+            raise ConfigError(settings.file_problems())
     except ConfigError as exc:
         print(f"imgdedup: {exc}", file=sys.stderr)
         return 2

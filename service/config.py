@@ -48,6 +48,9 @@ class Settings:
     redis_prefix: str = _doc("imgdedup", "Prefix of every Redis key this service writes.")
     redis_username: str = _doc("", "Redis ACL user (overrides the URL's user).")
     redis_password: str = _doc("", "Redis password (overrides the URL's password).")
+    redis_ssl_ca_file: str = _doc("", "CA bundle to verify Redis TLS (rediss://) servers; empty: system store.")
+    redis_ssl_certfile: str = _doc("", "Client certificate for Redis mutual TLS.")
+    redis_ssl_keyfile: str = _doc("", "Private key of the Redis client certificate.")
     mih_substrings: int = _doc(
         4, "MIH substring count m for *new* namespaces (64-bit codes split in m parts); "
         "rule of thumb m ~ 64 / log2(expected images).", lo=1, hi=8
@@ -101,6 +104,8 @@ class Settings:
     kafka_sasl_username: str = _doc("", "SASL user name.")
     kafka_sasl_password: str = _doc("", "SASL password.")
     kafka_ssl_cafile: str = _doc("", "CA bundle for Kafka TLS (empty: system store).")
+    kafka_ssl_certfile: str = _doc("", "Client certificate for Kafka mutual TLS.")
+    kafka_ssl_keyfile: str = _doc("", "Private key of the Kafka client certificate.")
     kafka_fetch_max_wait_ms: int = _doc(
         100, "How long the broker may hold a fetch waiting for data: the floor of a quiet "
         "topic's latency (aiokafka's default, 500 ms, adds ~0.1-0.5 s per event at low load).",
@@ -205,6 +210,10 @@ class Settings:
                 f"{PREFIX}DUPLICATE_RADIUS={self.duplicate_radius}: the review band would be empty "
                 "in a way that hides a typo; set them equal to disable review"
             )
+        if bool(self.redis_ssl_certfile) != bool(self.redis_ssl_keyfile):
+            problems.append(f"{PREFIX}REDIS_SSL_CERTFILE and {PREFIX}REDIS_SSL_KEYFILE go together")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            problems.append(f"{PREFIX}KAFKA_SSL_CERTFILE and {PREFIX}KAFKA_SSL_KEYFILE go together")
         from .mih import probe_count  # pure maths; imported here to keep config import-light
 
         if 1 <= self.mih_substrings <= 8 and 0 <= self.review_radius <= 32:
@@ -237,6 +246,17 @@ class Settings:
                     f"{PREFIX}KAFKA_SASL_MECHANISM"
                 )
         return problems
+
+    def file_problems(self) -> list[str]:
+        """TLS files that do not exist here. Apart from `problems()` because it depends on
+        the machine: manifests are validated where these paths do not exist yet."""
+        out = []
+        for name in ("redis_ssl_ca_file", "redis_ssl_certfile", "redis_ssl_keyfile",
+                     "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                out.append(f"{PREFIX}{name.upper()}={path!r}: no such file")
+        return out
 
     @classmethod
     def documentation(cls) -> list[tuple[str, str, str]]:

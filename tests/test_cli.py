@@ -62,3 +62,8 @@ def test_serve_says_kafka_is_unreachable() -> None:
     })
     assert result.returncode == 1, result.stderr
     assert "does not answer" in result.stderr and "IMGDEDUP_KAFKA_BOOTSTRAP" in result.stderr
+
+
+def test_serve_refuses_missing_tls_files(tmp_path) -> None:
+    result = run_cli("serve", env={"IMGDEDUP_REDIS_SSL_CA_FILE": str(tmp_path / "nope.pem")})
+    assert result.returncode == 2 and "no such file" in result.stderr

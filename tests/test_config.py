@@ -314,3 +314,24 @@ def test_substring_count_too_small_for_the_radius_is_refused():
     assert any("IMGDEDUP_MIH_SUBSTRINGS=3" in p and "12233" in p for p in problems)
     assert load(mih_substrings="3", review_radius="8", duplicate_radius="6").mih_substrings == 3
     assert load(mih_substrings="5", review_radius="16").review_radius == 16
+
+
+def test_tls_files_are_checked_and_reach_the_clients(tmp_path):
+    from service.app import redis_client
+    from service.kafka_clients import connection_options
+
+    problems = problems_of(kafka_ssl_certfile=str(tmp_path / "c.pem"))
+    assert any("KAFKA_SSL_CERTFILE and IMGDEDUP_KAFKA_SSL_KEYFILE go together" in p for p in problems)
+    missing = load(redis_ssl_ca_file=str(tmp_path / "missing.pem")).file_problems()
+    assert len(missing) == 1 and "IMGDEDUP_REDIS_SSL_CA_FILE" in missing[0] and "no such file" in missing[0]
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    settings = load(redis_url="rediss://cache:6380/0", redis_ssl_ca_file=str(ca))
+    client = redis_client(settings)
+    assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == str(ca)
+    assert client.connection_pool.connection_class.__name__ == "SSLConnection"
+    kafka = load(kafka_bootstrap="k:9093", kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                 kafka_sasl_username="svc", kafka_sasl_password="pw")
+    options = connection_options(kafka)
+    assert options["ssl_context"] is not None and options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_password"] == "pw"
