@@ -356,6 +356,8 @@ class UploadConsumer:
                 return await operation()
             except TRANSIENT_ERRORS as exc:
                 self._metrics.transient_errors.labels(component).inc()
+                if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+                    self._metrics.redis_errors.labels("kafka").inc()
                 if self._abandon.is_set():
                     raise _Abandoned() from exc
                 log.warning("transient failure, retrying", extra={"component": component, "error": repr(exc), "retry_in_s": round(delay, 3)})

@@ -366,6 +366,8 @@ async def _middleware(
     except InputError as exc:
         response = _from_input_error(request, exc, log)
     except (ContentionError, RedisConnectionError, RedisTimeoutError) as exc:
+        if not isinstance(exc, ContentionError):
+            request.app[STATE].metrics.redis_errors.labels(SOURCE).inc()
         logger.warning(
             "unavailable: %s: %s",
             type(exc).__name__,

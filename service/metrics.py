@@ -33,6 +33,11 @@ class Metrics:
             "imgdedup_transient_errors_total",
             "Failures of Redis/Kafka/contention that were retried, by component.", ["component"], registry=r,
         )
+        self.redis_errors = Counter(
+            "imgdedup_redis_errors_total",
+            "Redis connection and timeout errors, by the path that met them (retried on Kafka, 503 on HTTP).",
+            ["source"], registry=r,
+        )
         self.index_conflicts = Counter(
             "imgdedup_index_watch_conflicts_total",
             "Optimistic retries of Redis bucket rewrites and removals.", registry=r,

@@ -701,6 +701,8 @@ async def test_transient_failures_are_503_with_retry_after(
     response = await client.get(image_url("boom"))
     await assert_error(response, 503, "unavailable")
     assert response.headers["Retry-After"] == "1"
+    redis_errors = metrics.registry.get_sample_value("imgdedup_redis_errors_total", {"source": "http"})
+    assert redis_errors == (None if isinstance(exc, ContentionError) else 2.0)
 
 
 async def test_unexpected_error_is_500_without_traceback(

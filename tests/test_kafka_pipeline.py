@@ -432,6 +432,7 @@ async def test_redis_outage_is_retried_not_rejected(stack: Stack, tmp_path) -> N
         assert [d.verdict for d in decisions[1:]] == ["accepted"] * 5
         metrics = svc.metrics.render().decode()
         assert 'imgdedup_transient_errors_total{component="index"}' in metrics
+        assert 'imgdedup_redis_errors_total{source="kafka"}' in metrics
         assert "imgdedup_rejections_total{" not in metrics
     finally:
         await svc.stop()
