@@ -157,6 +157,12 @@ async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True)
             print("\nstopping: draining, committing, closing")
         finally:
             interrupted.cancel()
+            drop = getattr(service.index, "drop_namespace", None)
+            if drop is not None:  # the demo's namespace is throwaway: leave the user's Redis as it was
+                try:
+                    await drop(namespace)
+                except Exception as exc:  # best effort; say so
+                    print(f"  (could not remove demo namespace {namespace!r} from Redis: {exc})")
             await service.stop()
     finally:
         broker.stop()

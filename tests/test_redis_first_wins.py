@@ -169,7 +169,9 @@ async def test_reads_of_an_unknown_namespace_create_nothing(redis_index: RedisMi
     assert [k async for k in redis_index._redis.scan_iter(match=f"{redis_prefix}:*")] == []
 
 
-async def test_burst_of_near_duplicates_resolves_in_seq_order(redis_url: str, redis_prefix: str) -> None:
+async def test_burst_of_near_duplicates_resolves_in_seq_order(
+    redis_url: str, redis_prefix: str, redis_index: RedisMihIndex  # redis_index: cleans the prefix up
+) -> None:
     """150 copies of one photo at once, with a lease (1 s) shorter than the whole burst
     takes (~3.6 s on an idle machine): exactly one accepted, the earliest, whatever
     restarts a starved event loop may cause."""
