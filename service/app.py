@@ -23,7 +23,6 @@ from .decisions import Policy
 from .dedup import Deduplicator
 from .fetch import UrlFetcher
 from .hasher import Hasher
-from .hashing import ImageLimits
 from .http_api import create_http_app
 from .index.base import DedupIndex
 from .index.memory import MemoryIndex
@@ -95,7 +94,7 @@ class Service:
         s = self.settings
         try:
             self.index = await open_index(s)
-            self.hasher = Hasher(ImageLimits(s.max_image_bytes, s.max_image_pixels, s.crop_windows), s.effective_hash_workers)
+            self.hasher = Hasher(s.image_limits, s.effective_hash_workers)
             await self.hasher.start()
             self.dedup = Deduplicator(
                 self.index, self.hasher, Policy(s.duplicate_radius, s.review_radius), self.metrics, s.max_in_flight

@@ -17,8 +17,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env()
-        if settings.file_problems():
-            raise ConfigError(settings.file_problems())
+        missing = settings.file_problems()
+        if missing:
+            raise ConfigError(missing)
     except ConfigError as exc:
         print(f"imgdedup: {exc}", file=sys.stderr)
         return 2
@@ -61,10 +62,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _cmd_hash(args: argparse.Namespace) -> int:
     from .errors import InputError
-    from .hashing import ImageLimits, code_hex, fingerprint
+    from .hashing import code_hex, fingerprint
 
     settings = Settings.from_env()
-    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    limits = settings.image_limits
     status = 0
     for path in args.files:
         try:

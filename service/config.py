@@ -13,8 +13,11 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from .hashing import ImageLimits
 
 PREFIX = "IMGDEDUP_"
 
@@ -73,8 +76,8 @@ class Settings:
     )
     crop_windows: bool = _doc(
         True, "Also index codes of 27 crop windows per kept image, so later crops (up to ~30 % "
-        "of the area removed) match it. Costs ~27x the bucket memory per image and ~1.5 ms "
-        "of hashing; queries probe only whole-image codes."
+        "of the area removed) match it. Costs ~19x the bucket memory per image and ~0.3 ms "
+        "of hashing per JPEG (docs/performance.md); queries probe only whole-image codes."
     )
     # --- hashing -----------------------------------------------------------------------
     hash_workers: int = _doc(
@@ -142,6 +145,13 @@ class Settings:
     @property
     def index_backend(self) -> str:
         return "redis" if self.redis_url else "memory"
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """The input limits and hashing options every hashing path uses (service, scan, CLI)."""
+        from .hashing import ImageLimits
+
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.crop_windows)
 
     @property
     def effective_hash_workers(self) -> int:

@@ -94,6 +94,7 @@ class Deduplicator:
             return await self.index.remove(namespace, image_id)
         finally:
             self.metrics.index_seconds.labels("remove").observe(time.perf_counter() - started)
+            self._export_conflicts()
 
     def _export_conflicts(self) -> None:
         """Copy the index's own counters (Redis backend) into Prometheus counters."""

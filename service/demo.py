@@ -157,6 +157,8 @@ async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True)
             print("\nstopping: draining, committing, closing")
         finally:
             interrupted.cancel()
+            if service.consumer is not None:
+                await service.consumer.stop()  # nothing in flight may re-create keys after the drop
             drop = getattr(service.index, "drop_namespace", None)
             if drop is not None:  # the demo's namespace is throwaway: leave the user's Redis as it was
                 try:

@@ -67,8 +67,9 @@ class Fingerprint:
 
     @property
     def indexed_codes(self) -> tuple[int, ...]:
-        """Every code the index keeps for this image: whole-image codes, then windows."""
-        return self.codes + tuple(c for c in self.window_codes if c not in self.codes)
+        """Every code the index keeps for this image: whole-image codes, then windows
+        (disjoint by construction, see `perceptual_codes`)."""
+        return self.codes + self.window_codes
 
     @property
     def sha256_hex(self) -> str:
@@ -124,20 +125,16 @@ def perceptual_codes(gray: Image.Image, *, windows: bool = True) -> tuple[tuple[
     match by exact bytes only.
     """
     whole: list[int] = []
-    untrimmed = hash_input(gray)
-    if not is_low_information(untrimmed):
-        code = phash_from_pixels(untrimmed)
-        if not is_degenerate(code):
-            whole.append(code)
+    untrimmed = _usable_code(hash_input(gray))
+    if untrimmed is not None:
+        whole.append(untrimmed)
     small = downscale_for_trim(gray)
     box = trim_box(small)
     trimmed_image = small.crop(box) if box is not None else small
     if box is not None:
-        trimmed = hash_input(trimmed_image)
-        if not is_low_information(trimmed):
-            code = phash_from_pixels(trimmed)
-            if code not in whole and not is_degenerate(code):
-                whole.append(code)
+        trimmed = _usable_code(hash_input(trimmed_image))
+        if trimmed is not None and trimmed not in whole:
+            whole.append(trimmed)
     if not whole or not windows:
         return tuple(whole), ()
     found: list[int] = []
@@ -187,7 +184,7 @@ def window_codes(gray: Image.Image) -> list[int]:
     blocks = np.round(np.matmul(np.matmul(rows, base), cols.transpose(0, 2, 1)), 3).reshape(len(CROP_WINDOWS), -1)
     # Low-frequency AC energy bounds a window's variance from below (Parseval): the same
     # low-information gate as whole pictures, from what is already computed.
-    ac_std = np.sqrt(np.maximum((blocks[:, 1:].astype(np.float64) ** 2).sum(axis=1), 0) / (_DCT_SIDE * _DCT_SIDE))
+    ac_std = np.sqrt((blocks[:, 1:].astype(np.float64) ** 2).sum(axis=1) / (_DCT_SIDE * _DCT_SIDE))
     bits = blocks > np.median(blocks, axis=1, keepdims=True)
     bits[:, 0] = False
     packed = np.packbits(bits.astype(np.uint8), axis=1)
@@ -370,13 +367,6 @@ def trim_box(gray: Image.Image) -> tuple[int, int, int, int] | None:
     return left, top, right, bottom
 
 
-def trim_uniform_borders(gray: Image.Image) -> Image.Image:
-    """`gray` downscaled for trimming, with its uniform border bands cut away."""
-    small = downscale_for_trim(gray)
-    box = trim_box(small)
-    return small.crop(box) if box is not None else small
-
-
 def hash_input(gray: Image.Image) -> np.ndarray:
     """The 32x32 area-averaged greyscale pixels every perceptual code is computed from."""
     return np.asarray(gray.resize((_DCT_SIDE, _DCT_SIDE), Image.Resampling.BOX), dtype=np.float64)
@@ -401,6 +391,14 @@ def is_low_information(small: np.ndarray) -> bool:
 
 def is_degenerate(code: int) -> bool:
     return code.bit_count() < MIN_CODE_BITS
+
+
+def _usable_code(pixels: np.ndarray) -> int | None:
+    """pHash of a 32x32 hash input, or None when the picture is too plain to match by it."""
+    if is_low_information(pixels):
+        return None
+    code = phash_from_pixels(pixels)
+    return None if is_degenerate(code) else code
 
 
 @lru_cache(maxsize=4)
@@ -434,11 +432,10 @@ def phash_from_pixels(pixels: np.ndarray) -> int:
     return _code_from_coefficients((dct @ pixels @ dct.T)[:HASH_SIZE, :HASH_SIZE])
 
 
-def _code_from_coefficients(low: np.ndarray, decimals: int = 6) -> int:
+def _code_from_coefficients(low: np.ndarray) -> int:
     """Bits of an 8x8 low-frequency DCT block: above the median, DC bit cleared. Rounding
-    keeps float round-off of a zero coefficient from deciding a bit (float32 products
-    carry less precision, hence fewer decimals)."""
-    coefficients = np.round(low, decimals)
+    keeps float round-off of a zero coefficient from deciding a bit."""
+    coefficients = np.round(low, 6)
     bits = (coefficients > np.median(coefficients)).ravel()
     bits[0] = False
     return bits_to_int(bits)

@@ -33,7 +33,7 @@ from ..decisions import CheckVerdict, Policy
 from ..dedup import CheckResult, Deduplicator
 from ..errors import InputError
 from ..hasher import Hasher
-from ..hashing import ImageLimits, normalise_mode
+from ..hashing import normalise_mode
 from ..index.memory import MemoryIndex
 from ..metrics import Metrics
 from .variants import NEGATIVE_TRANSFORMS, NON_GEOMETRIC, VARIANTS, save
@@ -68,10 +68,10 @@ def _baseline_hashes(data: bytes) -> tuple[int, int, tuple[int, int, int, int]]:
     return ph, dh, pdq  # type: ignore[return-value]
 
 
-def _prepare(job: tuple[str, str, bool]) -> dict[str, object]:
+def _prepare(job: tuple[str, str]) -> dict[str, object]:
     """Read one corpus file; for originals make every variant, for negatives the negative
     transforms; baseline hashes for everything."""
-    path, role, _ = job
+    path, role = job
     raw = Path(path).read_bytes()
     out: dict[str, object] = {"path": path, "role": role, "raw": raw, "items": []}
     try:
@@ -169,13 +169,15 @@ class BaselineIndex:
 
 async def _evaluate(prepared: list[dict[str, object]], settings: Settings, workers: int) -> dict[str, object]:
     metrics = Metrics()
-    hasher = Hasher(ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.crop_windows), workers)
+    hasher = Hasher(settings.image_limits, workers)
     await hasher.start()
     policy = Policy(settings.duplicate_radius, settings.review_radius)
     dedup = Deduplicator(MemoryIndex(), hasher, policy, metrics, max_in_flight=4 * workers)
     baseline = BaselineIndex()
     canonical: dict[str, str] = {}
     originals_judged_duplicate: list[tuple[str, str]] = []
+    kept_codes: list[int] = []
+    kept_record_bytes: list[int] = []
     try:
         originals = [p for p in prepared if p["role"] == "original" and p["items"]]
         for entry in originals:  # sequential: registration order is part of the contract
@@ -187,6 +189,9 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                 entry["error"] = f"{exc.code}: {exc.detail}"
                 continue
             record = registration.record
+            if record.kept:  # what the index stores per kept image (docs/scaling.md)
+                kept_codes.append(len(record.indexed_codes))
+                kept_record_bytes.append(len(record.to_json()))
             canonical[image_id] = record.duplicate_of if record.verdict.value == "duplicate" and record.duplicate_of else image_id
             if record.verdict.value == "duplicate":
                 originals_judged_duplicate.append((image_id, str(record.duplicate_of)))
@@ -245,6 +250,8 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
         "families": {k: v.as_dict() for k, v in sorted(tallies.items())},
         "variants": {k: v.as_dict() for k, v in sorted(per_variant.items())},
         "originals_registered": len(canonical),
+        "indexed_codes_per_kept_image": round(sum(kept_codes) / max(len(kept_codes), 1), 2),
+        "record_json_bytes_per_kept_image": round(sum(kept_record_bytes) / max(len(kept_record_bytes), 1)),
         "originals_judged_duplicate": originals_judged_duplicate,
         "false_positive_examples": sorted(false_positives, key=lambda f: f["distance"])[:15],
     }
@@ -301,7 +308,9 @@ def _markdown(result: dict[str, object], config: dict[str, object]) -> str:
     lines += ["", "## Per variant", "", header.replace("family", "variant"), rule]
     for name, data in result["variants"].items():  # type: ignore[union-attr]
         lines.append(row(name, data))
-    lines += ["", "## Inspect before counting", ""]
+    lines += ["", f"Index footprint: {result['indexed_codes_per_kept_image']} indexed codes and "
+              f"{result['record_json_bytes_per_kept_image']} bytes of JSON record per kept image.",
+              "", "## Inspect before counting", ""]
     judged = result["originals_judged_duplicate"]
     lines.append(f"Originals judged duplicates of another original at registration: {len(judged)} "  # type: ignore[arg-type]
                  "(a real near-duplicate in the corpus, or a false positive of ours):")
@@ -320,7 +329,7 @@ def run(corpus: Path, originals: int, negatives: int, seed: int, workers: int, w
     chosen_originals, chosen_negatives = select_files(corpus, originals, negatives, seed)
     print(f"accuracy: {len(chosen_originals)} originals x {len(VARIANTS)} variants, {len(chosen_negatives)} negatives "
           f"x {len(NEGATIVE_TRANSFORMS)}; preparing with {workers} processes ...", flush=True)
-    jobs = [(str(p), "original", True) for p in chosen_originals] + [(str(p), "negative", False) for p in chosen_negatives]
+    jobs = [(str(p), "original") for p in chosen_originals] + [(str(p), "negative") for p in chosen_negatives]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         prepared = list(pool.map(_prepare, jobs, chunksize=4))
     result = asyncio.run(_evaluate(prepared, settings, workers))
@@ -347,7 +356,11 @@ def run(corpus: Path, originals: int, negatives: int, seed: int, workers: int, w
         write_docs.parent.mkdir(parents=True, exist_ok=True)
         write_docs.write_text(_markdown(result, config))
         print(f"wrote {write_docs}")
-    line = {"bench": "accuracy", "config": config, "summary": result["summary"], "families": result["families"]}
+    print(f"index footprint: {result['indexed_codes_per_kept_image']} indexed codes and "
+          f"{result['record_json_bytes_per_kept_image']} record bytes per kept image")
+    line = {"bench": "accuracy", "config": config, "summary": result["summary"], "families": result["families"],
+            "indexed_codes_per_kept_image": result["indexed_codes_per_kept_image"],
+            "record_json_bytes_per_kept_image": result["record_json_bytes_per_kept_image"]}
     print(json.dumps(line))
     return line
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -75,19 +75,6 @@ def delete_prefix_sync(client: Any, prefix: str, batch: int = 2000) -> int:
             chunk = []
     if chunk:
         deleted += client.unlink(*chunk)
-    return deleted
-
-
-async def delete_prefix_async(client: Any, prefix: str, batch: int = 2000) -> int:
-    deleted = 0
-    chunk: list[bytes] = []
-    async for key in client.scan_iter(match=f"{_glob_escape(prefix)}:*", count=batch):
-        chunk.append(key)
-        if len(chunk) >= batch:
-            deleted += await client.unlink(*chunk)
-            chunk = []
-    if chunk:
-        deleted += await client.unlink(*chunk)
     return deleted
 
 
@@ -243,8 +230,3 @@ def spawn_serve(values: dict[str, Any], log_path: Any) -> subprocess.Popen[bytes
 
 def parse_int_list(text: str) -> list[int]:
     return [int(float(part)) for part in text.split(",") if part.strip()]
-
-
-def chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]

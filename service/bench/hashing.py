@@ -17,7 +17,9 @@ from PIL import Image
 from ..hashing import ImageLimits, fingerprint
 from .images import encoded, photo_1280x960
 
-LIMITS = ImageLimits(max_bytes=200_000_000, max_pixels=500_000_000)  # the service default (crop windows on)
+# Generous size limits (benchmark inputs are trusted); matching as in the service's default
+# configuration (crop windows on) and, for comparison, with whole-image codes only.
+LIMITS = ImageLimits(max_bytes=200_000_000, max_pixels=500_000_000)
 SINGLE_CODE = ImageLimits(max_bytes=200_000_000, max_pixels=500_000_000, crop_windows=False)
 
 

@@ -329,7 +329,7 @@ def parser_name(client: Any) -> str:
 
 def force_parser(client: Any, which: str) -> None:
     """Choose redis-py's reply parser for connections not made yet (hiredis is used
-    automatically when installed; the service does not depend on it)."""
+    automatically when installed, as the service's `redis[hiredis]` dependency does)."""
     import redis.asyncio.connection as connection
 
     if which == "hiredis":

@@ -27,7 +27,7 @@ _MAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 _GENERIC = "asyncio event loop"
 _WORKER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("pHash DCT (phash_code)", ("phash_code",)),
+    ("perceptual codes (trim, pHash DCT, crop windows)", ("perceptual_codes", "window_codes", "phash_from_pixels")),
     ("luminance / resize", ("to_luminance", "resize", "normalise_mode", "convert")),
     ("JPEG/PNG decode (PIL load)", ("decode_for_hashing", "PIL/")),
     ("SHA-256", ("sha256",)),

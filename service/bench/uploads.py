@@ -115,7 +115,7 @@ Hashed = tuple[str, tuple[int, ...], tuple[int, ...]]
 def _hash(data: bytes) -> Hashed:
     """(sha256 hex, query codes, indexed codes) exactly as the service computes them."""
     fp = fingerprint(data, _LIMITS)
-    return fp.sha256_hex, tuple(fp.codes), tuple(getattr(fp, "indexed_codes", fp.codes))
+    return fp.sha256_hex, tuple(fp.codes), tuple(fp.indexed_codes)
 
 
 def _family_job(job: tuple[int, tuple[str, ...]]) -> tuple[int, list[tuple[str, bytes, Hashed]]]:

@@ -72,7 +72,7 @@ class ImageRecord:
 
     @property
     def indexed_codes(self) -> tuple[int, ...]:
-        return self.codes + tuple(c for c in self.window_codes if c not in self.codes)
+        return self.codes + self.window_codes
 
     @property
     def kept(self) -> bool:
@@ -183,7 +183,7 @@ class DedupIndex(Protocol):
 def candidates_from(
     exact_id: tuple[str, int] | None, near: dict[int, int], seq_to_id: dict[int, str]
 ) -> Lookup:
-    """Assemble a Lookup from raw backend results (shared by both backends)."""
+    """Assemble a Lookup from raw scan results (the in-memory backend)."""
     out: list[Candidate] = []
     if exact_id is not None:
         out.append(Candidate(exact_id[0], exact_id[1], 0, MatchKind.EXACT))

@@ -6,10 +6,21 @@ registering every image into an index through the service's own decision path, s
 audit always matches what the streaming service would decide. Writes a self-contained
 HTML report plus JSON and CSV exports; `--register` also loads the estate into the
 service's configured index. See docs/scan.md.
+
+The re-exports are lazy: `imgdedup` imports `service.scan.cli` on every start to
+offer the subcommand, which must not pull in the whole scanner.
 """
 
 from __future__ import annotations
 
-from .scanner import ScanError, ScanOptions, ScanResult, run_scan, scan
+from typing import Any
 
-__all__ = ["ScanError", "ScanOptions", "ScanResult", "run_scan", "scan"]
+__all__ = ["ScanError", "ScanOptions", "ScanResult", "scan"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import scanner
+
+        return getattr(scanner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

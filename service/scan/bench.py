@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import Settings
 from ..hashing import fingerprint
-from .scanner import ScanOptions, default_workers, image_limits, scan
+from .scanner import ScanOptions, scan
 from .sources import list_folder
 
 DEFAULT_COUNT = 1000
@@ -90,7 +90,7 @@ def imagehash_loop(files: list[Path], max_seconds: float) -> dict[str, Any]:
 
 def fingerprint_one_core(files: list[Path], max_seconds: float) -> float:
     """Images/s of `service.hashing.fingerprint` alone, one process (reads included)."""
-    limits = image_limits(Settings.from_env())
+    limits = Settings.from_env().image_limits
     step = max(1, len(files) // 2000)  # an even sample across the folder
     sample = files[::step]
     started = time.perf_counter()
@@ -154,7 +154,7 @@ def run(
     corpus: Path | None, *, count: int = DEFAULT_COUNT, workers: int | None = None,
     baseline_s: float = DEFAULT_BASELINE_S, work_dir: Path | None = None,
 ) -> dict[str, Any]:
-    workers = workers or default_workers()
+    workers = workers or Settings.from_env().effective_hash_workers
     work = work_dir or Path(tempfile.gettempdir()) / "imgdedup-scan-bench"
     jpegs = generated_jpegs(work / f"jpeg1280x960-{count}", count, workers)
     print(f"scan rate, {workers} workers on {os.cpu_count()} cores ({platform.machine()}, Python "

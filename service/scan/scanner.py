@@ -28,7 +28,7 @@ from ..decisions import Policy
 from ..dedup import Deduplicator
 from ..errors import FetchFailed, InputError
 from ..hasher import Hasher
-from ..hashing import HASH_ALGORITHM, ImageLimits
+from ..hashing import HASH_ALGORITHM
 from ..index.base import DedupIndex, validate_namespace
 from ..index.memory import MemoryIndex
 from ..metrics import Metrics
@@ -105,16 +105,6 @@ class ScanResult:
         return self.out / "report.html"
 
 
-def image_limits(settings: Settings) -> ImageLimits:
-    """The input limits, built the way the service builds them (service/app.py)."""
-    return ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _aws_environment() -> dict[str, str]:
@@ -194,7 +184,7 @@ class _Scan:
             raise ScanError(str(exc)) from None
         s = self.settings
         self.policy = Policy(s.duplicate_radius, s.review_radius)
-        self.limits = image_limits(s)
+        self.limits = s.image_limits
         try:
             self.criteria = parse_keeper(o.keeper)
         except ValueError as exc:
@@ -206,7 +196,7 @@ class _Scan:
                 validate_namespace(o.namespace)
             except InputError as exc:
                 raise ScanError(f"--namespace: {exc.detail}") from None
-        self.workers = o.workers or default_workers()
+        self.workers = o.workers or s.effective_hash_workers
         try:
             self.spec: SourceSpec = parse_source(
                 o.source, endpoint_url=o.s3_endpoint_url, region=o.s3_region,
@@ -657,8 +647,3 @@ def _write(run: _Scan, clustering: Clustering, thumbs: dict[str, bytes], registe
     write_csv(report, run.out / "clusters.csv")
     write_html(html_page.render(report, thumbs, page_size=o.page_size), run.out / "report.html")
     return report
-
-
-def run_scan(options: ScanOptions, *, stream: TextIO | None = None) -> ScanResult:
-    """Synchronous entry point (runs its own event loop)."""
-    return asyncio.run(scan(options, stream=stream))
