@@ -307,6 +307,20 @@ def test_colour_key_transparency_hashes_like_white(mode):
     assert hamming(code_of(data), code_of(png(on_white))) <= 2
 
 
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_colour_jpeg_decodes_as_scaled_luminance_and_hashes_like_the_full_decode(name):
+    """The fast path (DCT-scaled, luminance-only JPEG decode) must give the code the
+    slow path gives: full RGB decode, then Pillow's RGB -> L conversion."""
+    image = sample_image(name)
+    data = jpeg(image, quality=90)
+    decoded, fmt, size = decode_for_hashing(data, LIMITS.max_pixels)
+    assert fmt == "JPEG" and size == image.size
+    assert decoded.mode == "L"
+    assert decoded.width < image.width  # scaled in the decoder, not resized after
+    full = Image.open(io.BytesIO(data)).convert("L")
+    assert hamming(code_of(data), phash_code(full)) <= 2
+
+
 @pytest.mark.parametrize("name", ["astronaut", "rocket"])
 def test_cmyk_jpeg(name):
     image = sample_image(name)

@@ -105,6 +105,31 @@ async def test_query_matches_brute_force(index):
     assert total_hits > 1000  # the oracle compared real result sets, not empty lists
 
 
+@pytest.mark.parametrize("substrings", [2, 3, 5, 8])
+async def test_redis_probe_expansion_matches_brute_force_for_every_substring_count(redis_replicas, substrings):
+    """The refined MIH probe radii must read every bucket that can hold a match, for
+    any substring count a namespace may have been created with (2 to 8)."""
+    (index,) = await redis_replicas(1, substrings=substrings)
+    namespace = f"m{substrings}"
+    rng = np.random.default_rng(substrings)
+    bases = [random_code(rng) for _ in range(20)]
+    items = [
+        (f"i{i:04d}", make_fingerprint(flip_bits(bases[i % 20], int(rng.integers(0, 13)), rng), i))
+        for i in range(400)
+    ]
+    await register_many(index, namespace, items, always_accept, radius=0)
+    inserted = {image_id: fp.codes for image_id, fp in items}
+    hits = 0
+    for radius in ((0, 2, 4) if substrings == 2 else (0, 3, 7, 12)):
+        for base in bases:
+            query = flip_bits(base, int(rng.integers(0, 4)), rng)
+            expected = brute_force(inserted, query, radius)
+            assert await index.query(namespace, query, radius=radius) == expected, (radius, f"{query:016x}")
+            hits += len(expected)
+    assert hits > 100
+    await index.drop_namespace(namespace)
+
+
 async def test_removals_keep_queries_exact(index):
     # Enough removals to make the in-memory backend compact its arrays (> 1024 dead rows).
     rng = np.random.default_rng(77)
