@@ -43,6 +43,7 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF
 #: Alpha is composited onto this colour so that a cut-out on transparency and the same
 #: cut-out on white (the usual product-shot background) hash the same.
 FLATTEN_BACKGROUND = (255, 255, 255)
+_BACKGROUND_LUMINANCE = Image.new("RGB", (1, 1), FLATTEN_BACKGROUND).convert("L").getpixel((0, 0))
 
 #: Smallest side requested from the JPEG DCT-scaled decoder. pHash needs 32x32; 64 keeps
 #: enough detail for a clean area-average resize.
@@ -248,7 +249,7 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Image.Image, str, 
             image = image.transpose(ORIENTATION_TRANSPOSE[orientation])
             if orientation in (5, 6, 7, 8):
                 width, height = height, width
-        image = normalise_mode(image)
+        image = flatten_for_hashing(image)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UndecodableImage(f"image data is corrupt or truncated: {exc}") from None
     except Image.DecompressionBombError as exc:  # pragma: no cover - guarded above
@@ -278,6 +279,26 @@ def exif_orientation(image: Image.Image) -> int:
         return int(value) if isinstance(value, int) else 1
     except Exception:
         return 1
+
+
+def flatten_for_hashing(image: Image.Image) -> Image.Image:
+    """Like `normalise_mode`, but transparent pictures come back as "L" already flattened
+    onto the background's luminance. Luminance is linear in RGB, so compositing the grey
+    picture equals compositing in colour and then taking the grey (up to rounding), on
+    one channel instead of four: about half the cost of a cut-out PNG's hashing."""
+    mode = image.mode
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    elif mode in ("L", "RGB") and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"  # colour-key transparency (PNG tRNS)
+    elif mode in ("PA", "RGBa", "La"):
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode not in ("RGBA", "LA"):
+        return normalise_mode(image)
+    alpha = image.getchannel("A")
+    flat = Image.new("L", image.size, _BACKGROUND_LUMINANCE)
+    flat.paste(image.convert("L"), (0, 0), alpha)
+    return flat
 
 
 def normalise_mode(image: Image.Image) -> Image.Image:

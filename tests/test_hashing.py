@@ -25,7 +25,7 @@ from helpers import (
     tiff,
     webp,
 )
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps, features
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, features
 
 from service.errors import (
     DecompressionBomb,
@@ -42,6 +42,8 @@ from service.hashing import (
     code_hex,
     decode_for_hashing,
     fingerprint,
+    flatten_for_hashing,
+    normalise_mode,
     phash_code,
     to_luminance,
 )
@@ -255,6 +257,30 @@ def test_transparent_background_hashes_like_white(name):
     assert hamming(code_of(webp(rgba, lossless=True)), white_code) <= 2
     # Guard against a vacuous pass: ignoring alpha (hidden noise shows) is clearly worse.
     assert hamming(code_of(png(rgba.convert("RGB"))), white_code) > 2
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "P-transparency", "RGB-colour-key"])
+def test_fast_flatten_matches_flattening_in_colour(mode):
+    """Hashing flattens transparency on the grey picture (one channel); the result must
+    be what flattening in colour onto white and then taking the grey gives."""
+    rgba, _, mask = _cutout("astronaut")
+    # Partial transparency too, not only 0/255: a soft edge.
+    rgba.putalpha(mask.filter(ImageFilter.GaussianBlur(6)))
+    # Colour-key and palette transparency: the photo (lifted off black) on a black key.
+    keyed = Image.composite(sample_image("astronaut").point(lambda v: max(v, 1)), Image.new("RGB", mask.size), mask)
+    if mode == "P-transparency":
+        image = keyed.convert("P", palette=Image.Palette.ADAPTIVE, colors=255)
+        image.info["transparency"] = image.getpixel((0, 0))  # the corner is background
+    elif mode == "RGB-colour-key":
+        image = keyed
+        image.info["transparency"] = (0, 0, 0)
+    else:
+        image = rgba.convert(mode)
+    expected = np.asarray(normalise_mode(image).convert("L"), dtype=np.int16)
+    got = flatten_for_hashing(image)
+    assert got.mode == "L"
+    assert np.abs(np.asarray(got, dtype=np.int16) - expected).max() <= 1
+    assert (np.asarray(got) == 255).mean() > 0.1  # the background really became white
 
 
 def test_la_image_hashes_like_white_background():
