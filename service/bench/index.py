@@ -37,6 +37,7 @@ import numpy as np
 
 from ..config import MAX_PROBES, Settings
 from ..hashing import HASH_ALGORITHM, Fingerprint
+from ..index.mih_table import MihTable
 from ..mih import nearest_per_seq, probe_count, substring_widths, suggest_substrings, unpack_records
 from . import bulkload
 from .common import (
@@ -234,6 +235,25 @@ def numpy_baseline(codes: np.ndarray, queries: np.ndarray, radius: int) -> tuple
         times.append(time.perf_counter() - started)
         results.append(hits)
     return times, results
+
+
+def memory_mih_baseline(codes: np.ndarray, queries: np.ndarray, radius: int) -> tuple[list[float], list[np.ndarray], int, float]:
+    """The embedded backend's table (`MihTable`, one label per code), loaded and settled,
+    then one query at a time: (times, results, m, load seconds)."""
+    started = time.perf_counter()
+    table = MihTable(radius_hint=radius, queries_hint=1)
+    for label, code in enumerate(codes.tolist()):
+        table.add(label, (code,))
+    table.settle()
+    load = time.perf_counter() - started
+    times: list[float] = []
+    results: list[np.ndarray] = []
+    for q in queries.tolist():
+        started = time.perf_counter()
+        found = table.near((q,), radius)
+        times.append(time.perf_counter() - started)
+        results.append(np.array(sorted(found), dtype=np.int64))
+    return times, results, table.substrings, load
 
 
 def faiss_index(codes: np.ndarray) -> Any:
@@ -612,6 +632,10 @@ async def bench_dataset(
         np_times, np_hits = numpy_baseline(ds.codes, base_q, r)
         fa_times, fa_hits, fa_batch = faiss_baseline(findex, base_q, r, args.faiss_threads)
         agree = sum(int(np.array_equal(a, b)) for a, b in zip(np_hits, fa_hits))
+        mem_times, mem_hits, mem_m, mem_load = memory_mih_baseline(ds.codes, base_q, r)
+        mem_agree = sum(int(np.array_equal(a, b)) for a, b in zip(np_hits, mem_hits))
+        if mem_agree != len(base_q):
+            raise SystemExit(f"in-process MihTable disagrees with the numpy scan on {len(base_q) - mem_agree} queries")
         expected[r] = []
         for q, hits in zip(base_q.tolist(), np_hits):
             distances = np.bitwise_count(ds.codes[hits] ^ np.uint64(q))
@@ -624,11 +648,16 @@ async def bench_dataset(
             "faiss_queries_per_s": round(len(fa_times) / sum(fa_times), 1),
             "faiss_batch_queries_per_s": round(fa_batch, 1),
             "faiss_agrees_with_numpy": agree,
+            "memory_mih": latency_summary(mem_times),
+            "memory_mih_m": mem_m,
+            "memory_mih_load_seconds": round(mem_load, 1),
             "hits_mean": round(float(np.mean([len(h) for h in np_hits])), 2),
         }
         print(f"  baselines r={r:>2}: numpy scan {fmt_lat(baselines[str(r)]['numpy_scan'])}   "
               f"faiss IndexBinaryFlat {fmt_lat(baselines[str(r)]['faiss_flat'])}   "
-              f"(faiss = numpy on {agree}/{len(base_q)}; faiss batched on all cores {fa_batch:,.0f} q/s)", flush=True)
+              f"(faiss = numpy on {agree}/{len(base_q)}; faiss batched on all cores {fa_batch:,.0f} q/s)\n"
+              f"                 in-process MihTable (embedded backend, m={mem_m}, = numpy on all) "
+              f"{fmt_lat(baselines[str(r)]['memory_mih'])}", flush=True)
     del findex
     threads = args.faiss_threads
     result: dict[str, Any] = {"distribution": ds.name, "n": n, "note": ds.note, "real_codes": ds.real_codes,
@@ -662,7 +691,7 @@ def radius_table(results: list[dict[str, Any]]) -> None:
 def summary_table(results: list[dict[str, Any]], radius: int) -> None:
     print(f"\nsummary at r = {radius} (p50 / p99 ms; MIH = RedisMihIndex.query(), sequential)")
     print(f"  {'distribution':<10} {'N':>11} {'m':>2} {'probes':>6} {'MIH p50':>8} {'MIH p99':>8} {'MGET p50':>8} "
-          f"{'q/s x8':>8} {'B/code':>7} {'load s':>7} {'faiss p50':>9} {'numpy p50':>9}")
+          f"{'q/s x8':>8} {'B/code':>7} {'load s':>7} {'faiss p50':>9} {'numpy p50':>9} {'in-proc MIH p50/p99':>20}")
     for res in results:
         base = res["baselines"].get(str(radius), {})
         for mih in res["mih"]:
@@ -673,7 +702,9 @@ def summary_table(results: list[dict[str, Any]], radius: int) -> None:
                   f"{rr['query']['p50_ms']:>8.2f} {rr['query']['p99_ms']:>8.2f} {rr['breakdown']['mget']['p50_ms']:>8.2f} "
                   f"{mih['concurrent']['queries_per_s']:>8.0f} {mih['memory']['total_bytes_per_code']:>7.0f} "
                   f"{mih['load']['seconds']:>7.1f} {base.get('faiss_flat', {}).get('p50_ms', float('nan')):>9.2f} "
-                  f"{base.get('numpy_scan', {}).get('p50_ms', float('nan')):>9.2f}")
+                  f"{base.get('numpy_scan', {}).get('p50_ms', float('nan')):>9.2f} "
+                  f"{base.get('memory_mih', {}).get('p50_ms', float('nan')):>9.3f} / "
+                  f"{base.get('memory_mih', {}).get('p99_ms', float('nan')):>7.3f}")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""In-process index: numpy flat scan, the embedded default when no Redis is configured.
+"""In-process index, the embedded default when no Redis is configured.
 
-A popcount over a contiguous uint64 array scans ~1M codes in a few milliseconds, which
-is plenty for one process; MIH buys nothing here. Everything lives in this process and
-is lost on exit. Atomicity: `register` does its lookup and insert under a per-namespace
-asyncio lock with no await in between, so it is trivially first-wins within the
-process (the only place this backend is shared).
+Codes live in a numpy multi-index hash table (`mih_table.MihTable`): a flat popcount scan
+per query made registering an estate one image at a time (`imgdedup scan`) quadratic,
+while MIH probes a few thousand buckets whatever the size. Small namespaces (under ~30k
+codes) are still scanned flat, which is faster there. Everything lives in this process
+and is lost on exit. Atomicity: `register` does its lookup and insert under a
+per-namespace asyncio lock with no await in between, so it is trivially first-wins within
+the process (the only place this backend is shared).
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..decisions import Lookup
 from ..hashing import Fingerprint
-from ..mih import hamming_distances
 from .base import (
     DecideFn,
     ImageIdConflict,
@@ -26,15 +25,12 @@ from .base import (
     validate_image_id,
     validate_namespace,
 )
+from .mih_table import MihTable
 
 
 @dataclass
 class _Namespace:
-    codes: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=np.uint64))
-    seqs: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=np.int64))
-    alive: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=bool))
-    size: int = 0
-    dead: int = 0
+    table: MihTable = field(default_factory=MihTable)
     next_seq: int = 1
     records: dict[str, ImageRecord] = field(default_factory=dict)
     seq_to_id: dict[int, str] = field(default_factory=dict)
@@ -43,43 +39,14 @@ class _Namespace:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def append(self, codes: tuple[int, ...], seq: int) -> None:
-        needed = self.size + len(codes)
-        if needed > len(self.codes):
-            capacity = max(needed, 2 * len(self.codes))
-            for name in ("codes", "seqs", "alive"):
-                grown = np.zeros(capacity, dtype=getattr(self, name).dtype)
-                grown[: self.size] = getattr(self, name)[: self.size]
-                setattr(self, name, grown)
-        end = self.size + len(codes)
-        self.codes[self.size : end] = np.array(codes, dtype=np.uint64)
-        self.seqs[self.size : end] = seq
-        self.alive[self.size : end] = True
-        self.size = end
+        self.table.add(seq, codes)
 
     def drop(self, seq: int) -> None:
-        rows = np.nonzero((self.seqs[: self.size] == seq) & self.alive[: self.size])[0]
-        self.alive[rows] = False
-        self.dead += len(rows)
-        if self.dead > 1024 and self.dead * 2 > self.size:
-            keep = np.nonzero(self.alive[: self.size])[0]
-            n = len(keep)
-            self.codes[:n] = self.codes[keep]
-            self.seqs[:n] = self.seqs[keep]
-            self.alive[:n] = True
-            self.alive[n : self.size] = False
-            self.size, self.dead = n, 0
+        self.table.remove(seq)
 
     def near(self, queries: tuple[int, ...], radius: int) -> dict[int, int]:
-        best: dict[int, int] = {}
-        codes = self.codes[: self.size]
-        alive = self.alive[: self.size]
-        for query in queries:
-            distances = hamming_distances(codes, query)
-            hits = np.nonzero((distances <= radius) & alive)[0]
-            for seq, distance in zip(self.seqs[hits].tolist(), distances[hits].tolist()):
-                if distance < best.get(seq, 65):
-                    best[seq] = distance
-        return best
+        """{seq: smallest distance} of kept images within `radius` of any query code."""
+        return self.table.near(queries, radius)
 
     def lookup(self, fingerprint: Fingerprint, radius: int) -> Lookup:
         exact_id = self.sha_to_kept.get(fingerprint.sha256_hex)
