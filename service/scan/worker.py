@@ -142,13 +142,17 @@ def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
         image = ImageOps.exif_transpose(image)
     except Exception:
         pass  # a broken EXIF block only costs the rotation
-    if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    if image.mode not in ("RGB", "L"):
+    transparent = image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info
+    if transparent:
+        image = image.convert("RGBA")
+    elif image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
+    # Shrink first, flatten after: Pillow resamples RGBA with premultiplied alpha, so
+    # this equals flattening at full size, on a hundredth of the pixels.
     image.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if transparent:
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
     out = io.BytesIO()
     image.convert("RGB").save(out, "JPEG", quality=72, optimize=True)
     return out.getvalue()
