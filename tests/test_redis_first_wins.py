@@ -221,3 +221,62 @@ async def test_waiter_renews_its_lease_while_waiting(redis_index: RedisMihIndex,
         await client.aclose()
     assert late.record.verdict == Verdict.ACCEPTED
     assert waiter.restarts == 0 and waiter.pending_waits == 1
+
+
+# --- bucket hygiene: what duplicates and removals leave in the buckets ---------------------
+
+
+async def _bucket_records(index: RedisMihIndex, prefix: str) -> set[tuple[str, int, int]]:
+    """Every (bucket key, code, seq) record stored under the prefix."""
+    out: set[tuple[str, int, int]] = set()
+    async for key in index._redis.scan_iter(match=f"{prefix}:{{{NS}}}:b[0-9]:*"):
+        blob = await index._redis.get(key)
+        for record in np.frombuffer(blob, dtype=[("code", "<u8"), ("seq", "<u4")]):
+            out.add((key.decode(), int(record["code"]), int(record["seq"])))
+    return out
+
+
+async def test_buckets_hold_exactly_the_kept_images_after_concurrent_duplicates_and_removals(
+    redis_index: RedisMihIndex, redis_replicas, redis_prefix: str
+) -> None:
+    rng = np.random.default_rng(21)
+    bases = [random_code(rng) for _ in range(8)]
+    items = [(f"b{i}", make_fingerprint(base, f"b{i}".encode())) for i, base in enumerate(bases)]
+    items += [(f"d{i}", make_fingerprint(flip_bits(bases[i % 8], 1 + i % 6, rng), f"d{i}".encode())) for i in range(40)]
+    order = rng.permutation(len(items))
+    replicas = [redis_index, *await redis_replicas(3)]
+    results = await asyncio.gather(
+        *(replicas[k % 4].register(NS, items[i][0], items[i][1], DECIDE, radius=12) for k, i in enumerate(order))
+    )
+    kept = {r.record.image_id: r.record for r in results if r.record.kept}
+    # Duplicates are stripped from the buckets; review-band images are kept (indexed).
+    assert sum(r.record.verdict == Verdict.DUPLICATE for r in results) >= 20
+    for image_id in sorted(kept)[:3]:
+        assert await redis_index.remove(NS, image_id)
+        del kept[image_id]
+    m = await redis_index.substrings(NS)
+    expected = {
+        (key, code, record.seq)
+        for record in kept.values()
+        for key, codes in redis_index._own_buckets(NS, record.indexed_codes, m).items()
+        for code in codes
+    }
+    assert await _bucket_records(redis_index, redis_prefix) == expected
+
+
+async def test_strip_removes_only_record_aligned_matches(redis_index: RedisMihIndex) -> None:
+    """A record's 12 bytes can also appear straddling two neighbouring records; only the
+    aligned copy is the record."""
+    target = np.zeros(1, dtype=[("code", "<u8"), ("seq", "<u4")])
+    target["code"], target["seq"] = 0x1122334455667788, 77
+    raw = target.tobytes()
+    # Two records of other images whose boundary spells the target's bytes.
+    first = b"\x00" * 6 + raw[:6]
+    second = raw[6:] + b"\x01" * 6
+    assert np.frombuffer(first, dtype="<u4", offset=8)[0] != 77
+    key = redis_index._bucket_key(NS, 0, 1)
+    await redis_index._redis.set(key, first + second + raw)
+    await redis_index._strip(NS, {key: [0x1122334455667788]}, 77)
+    assert await redis_index._redis.get(key) == first + second
+    await redis_index._strip(NS, {key: [0x1122334455667788]}, 77)  # idempotent
+    assert await redis_index._redis.get(key) == first + second

@@ -552,7 +552,7 @@ def test_benchmark_prints_rates_and_ends_with_one_json_line(estate, tmp_path: Pa
     line = bench.run(estate.root, count=4, workers=2, baseline_s=5, work_dir=tmp_path)
     printed = capsys.readouterr().out.strip().splitlines()
     assert json.loads(printed[-1]) == line and line["bench"] == "scan"
-    assert len(list((tmp_path / "jpeg1280x960-4").glob("*.jpg"))) == 4
+    assert len(list((tmp_path / "estate1280x960-4").glob("*.jpg"))) == 4
     for name in ("corpus", "jpeg_1280x960"):
         figures = line["results"][name]
         assert figures["scan"]["per_s"] > 0 and figures["imagehash_loop"]["per_s"] > 0

@@ -106,6 +106,41 @@ if ARGV[6] == '1' then redis.call('ZADD', KEYS[3], ARGV[1], ARGV[5]) end
 return 1
 """
 
+# Remove one image's records from its own buckets (a duplicate, a withdrawn or removed
+# registration). KEYS: the buckets. ARGV[1]: the seq (u32 LE); ARGV[i + 1]: the 8-byte
+# codes that live in KEYS[i]. Each record is found by a plain (C-speed) search for its
+# exact 12 bytes at a record boundary: O(bucket bytes), no Lua loop over candidates, and
+# atomic, so concurrent appends to the same buckets cannot make it retry.
+_STRIP = """
+local tail = ARGV[1]
+for i = 1, #KEYS do
+  local blob = redis.call('GET', KEYS[i])
+  if blob then
+    local changed = false
+    local codes = ARGV[i + 1]
+    for off = 1, #codes, 8 do
+      local record = string.sub(codes, off, off + 7) .. tail
+      local from = 1
+      while true do
+        local at = string.find(blob, record, from, true)
+        if not at then break end
+        if (at - 1) % 12 == 0 then
+          blob = string.sub(blob, 1, at - 1) .. string.sub(blob, at + 12)
+          changed = true
+          from = at
+        else
+          from = at + 1
+        end
+      end
+    end
+    if changed then
+      if #blob == 0 then redis.call('DEL', KEYS[i]) else redis.call('SET', KEYS[i], blob) end
+    end
+  end
+end
+return 1
+"""
+
 # Compare-and-set of a state entry: extend our own lease while we wait. 1 = renewed.
 _CAS_SET = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -173,7 +208,8 @@ class RedisMihIndex:
         self._finalize = client.register_script(_FINALIZE)
         self._cas_delete = client.register_script(_CAS_DELETE)
         self._cas_set = client.register_script(_CAS_SET)
-        self.watch_conflicts = 0  # optimistic retries of bucket rewrites and removals
+        self._strip_script = client.register_script(_STRIP)
+        self.watch_conflicts = 0  # optimistic retries of removals (WATCH on the record)
         self.restarts = 0  # registrations decided again (fenced out, or target removed)
         self.pending_waits = 0  # times a registration waited for a concurrent near-duplicate
 
@@ -429,30 +465,14 @@ class RedisMihIndex:
         except Exception as exc:  # best effort: the lease expires and waiters clean it up
             log.warning("could not withdraw pending registration %s: %r", seq, exc)
 
-    async def _strip(self, namespace: str, keys: Iterable[str], seq: int) -> None:
-        """Remove the records of `seq` from these buckets (optimistic, m keys at most per code)."""
-        keys = list(keys)
-        for attempt in range(self._max_attempts):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(*keys)
-                    blobs = await pipe.mget(keys)
-                    pipe.multi()
-                    for key, blob in zip(keys, blobs):
-                        records = unpack_records(blob or b"")
-                        kept = records[records["seq"] != seq]
-                        if len(kept) == len(records):
-                            continue
-                        if len(kept):
-                            pipe.set(key, kept.tobytes())
-                        else:
-                            pipe.delete(key)
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    self.watch_conflicts += 1
-                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
-        # Give up quietly: records without a state entry are ignored by every reader.
+    async def _strip(self, namespace: str, own: dict[str, list[int]], seq: int) -> None:
+        """Remove the records of `seq` from its own buckets (bucket key -> its codes there)."""
+        if not own:
+            return
+        await self._strip_script(
+            keys=list(own),
+            args=[np.array([seq], dtype="<u4").tobytes(), *(np.array(codes, dtype="<u8").tobytes() for codes in own.values())],
+        )
 
     async def remove(self, namespace: str, image_id: str) -> bool:
         validate_namespace(namespace)

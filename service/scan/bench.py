@@ -33,20 +33,35 @@ from ..hashing import fingerprint
 from .scanner import ScanOptions, scan
 from .sources import list_folder
 
-DEFAULT_COUNT = 1000
+DEFAULT_COUNT = 5000  # enough that starting the worker pool (~1 s) is noise
 DEFAULT_BASELINE_S = 300.0
 CEILING_SAMPLE_S = 20.0
 
 
-def _make_jpeg(args: tuple[str, int]) -> None:
-    from ..bench.images import encoded, photo_1280x960
+#: Every DUPLICATE_EVERY-th generated file is a copy of the photo before it (cycling
+#: through these kinds), so the folder looks like an estate with ~20 % duplicates.
+DUPLICATE_EVERY = 5
+COPY_KINDS = ("q50", "small", "bright", "copy")
 
-    path, seed = args
-    Path(path).write_bytes(encoded(photo_1280x960(seed), "JPEG"))
+
+def _make_jpeg(args: tuple[str, int]) -> None:
+    from ..bench.uploads import _encode, distinct_photo, variant
+
+    path, index = args
+    group, position = divmod(index, DUPLICATE_EVERY)
+    if position < DUPLICATE_EVERY - 1:
+        data = _encode(distinct_photo(group * DUPLICATE_EVERY + position), "JPEG", quality=85)
+    else:  # a copy of the group's first photo
+        image = distinct_photo(group * DUPLICATE_EVERY)
+        original = _encode(image, "JPEG", quality=85)
+        data = variant(image, original, COPY_KINDS[group % len(COPY_KINDS)])
+    Path(path).write_bytes(data)
 
 
 def generated_jpegs(folder: Path, count: int, workers: int) -> Path:
-    """`count` distinct 1280x960 JPEGs (~160 KB each), made once and reused."""
+    """`count` 1280x960 JPEGs: distinct photos (quality 85, ~115 KB) and, every fifth
+    file, a copy of one of them (re-encoded, half size, brighter or byte-identical).
+    Made once and reused."""
     folder.mkdir(parents=True, exist_ok=True)
     todo = [(str(folder / f"photo-{seed:05d}.jpg"), seed) for seed in range(count)
             if not (folder / f"photo-{seed:05d}.jpg").exists()]
@@ -156,7 +171,7 @@ def run(
 ) -> dict[str, Any]:
     workers = workers or Settings.from_env().effective_hash_workers
     work = work_dir or Path(tempfile.gettempdir()) / "imgdedup-scan-bench"
-    jpegs = generated_jpegs(work / f"jpeg1280x960-{count}", count, workers)
+    jpegs = generated_jpegs(work / f"estate1280x960-{count}", count, workers)
     print(f"scan rate, {workers} workers on {os.cpu_count()} cores ({platform.machine()}, Python "
           f"{platform.python_version()}); ImageHash baseline: one process")
     results: dict[str, Any] = {}
