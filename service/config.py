@@ -79,6 +79,11 @@ class Settings:
         "of the area removed) match it. Costs ~19x the bucket memory per image and ~0.3 ms "
         "of hashing per JPEG (docs/performance.md); queries probe only whole-image codes."
     )
+    match_rotations: bool = _doc(
+        False, "Also match mirrored and rotated (90/180/270 degree) copies: every lookup "
+        "probes the 7 mirror/rotation variants of each whole-image code as well, ~8x the "
+        "probes per query. The index is unchanged, so it can be switched on at any time."
+    )
     # --- hashing -----------------------------------------------------------------------
     hash_workers: int = _doc(
         0, "Hashing worker processes; 0 = one per CPU core.", lo=0, hi=256
@@ -151,7 +156,7 @@ class Settings:
         """The input limits and hashing options every hashing path uses (service, scan, CLI)."""
         from .hashing import ImageLimits
 
-        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.crop_windows)
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.crop_windows, self.match_rotations)
 
     @property
     def effective_hash_workers(self) -> int:

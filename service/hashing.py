@@ -67,6 +67,15 @@ class Fingerprint:
     #: Codes of crop windows: stored in the index so that a later crop of this image
     #: matches, but never used to query (that would multiply the probes per query).
     window_codes: tuple[int, ...] = ()
+    #: Codes of the picture mirrored and rotated (the other 7 symmetries of the square,
+    #: for each whole-image code), when the rotation mode is on: query-side only, so a
+    #: mirrored or rotated copy finds the stored original without growing the index.
+    rotated_codes: tuple[int, ...] = ()
+
+    @property
+    def query_codes(self) -> tuple[int, ...]:
+        """The codes a lookup probes: whole-image codes, then their mirrored/rotated ones."""
+        return self.codes + self.rotated_codes
 
     @property
     def indexed_codes(self) -> tuple[int, ...]:
@@ -88,6 +97,7 @@ class ImageLimits:
     max_bytes: int
     max_pixels: int
     crop_windows: bool = True
+    rotations: bool = False
 
 
 def fingerprint(data: bytes, limits: ImageLimits) -> Fingerprint:
@@ -100,11 +110,46 @@ def fingerprint(data: bytes, limits: ImageLimits) -> Fingerprint:
         )
     sha = hashlib.sha256(data).digest()
     image, fmt, (width, height) = decode_for_hashing(data, limits.max_pixels)
-    codes, window_codes = perceptual_codes(to_luminance(image), windows=limits.crop_windows)
+    gray = to_luminance(image)
+    codes, window_codes = perceptual_codes(gray, windows=limits.crop_windows)
     return Fingerprint(
         sha256=sha, codes=codes, width=width, height=height, format=fmt,
         size_bytes=len(data), window_codes=window_codes,
+        rotated_codes=rotated_codes(gray, codes) if limits.rotations else (),
     )
+
+
+def rotated_codes(gray: Image.Image, codes: tuple[int, ...]) -> tuple[int, ...]:
+    """Codes of the 7 mirror images and rotations of every whole-image code of `gray`
+    (the trimmed code's too), without the codes themselves.
+
+    No pixels are moved: mirroring a picture left-right negates its odd horizontal DCT
+    frequencies, top-bottom the odd vertical ones, and transposing it transposes the
+    coefficient block, so the 8 symmetries of the square come from one 8x8 block.
+    """
+    blocks = [_low_block(hash_input(gray))]
+    box = trim_box(downscale_for_trim(gray))
+    if box is not None:
+        blocks.append(_low_block(hash_input(downscale_for_trim(gray).crop(box))))
+    found: list[int] = []
+    for low in blocks:
+        for block in (low, low.T):
+            for signs in _SYMMETRY_SIGNS:
+                code = _code_from_coefficients(block * signs)
+                if code not in codes and code not in found and not is_degenerate(code):
+                    found.append(code)
+    return tuple(found)
+
+
+def _symmetry_signs() -> tuple[np.ndarray, ...]:
+    frequency = np.arange(HASH_SIZE)
+    odd_rows = np.where(frequency % 2, -1.0, 1.0)[:, None] * np.ones(HASH_SIZE)[None, :]
+    odd_cols = odd_rows.T
+    return (np.ones((HASH_SIZE, HASH_SIZE)), odd_cols, odd_rows, odd_rows * odd_cols)
+
+
+#: Sign patterns of: as is, mirrored left-right, top-bottom, rotated 180 degrees.
+_SYMMETRY_SIGNS = _symmetry_signs()
 
 
 #: Crop windows (keep width, keep height, anchor x, anchor y) over the trimmed picture:
@@ -469,8 +514,13 @@ def phash_code(gray: Image.Image) -> int:
 
 def phash_from_pixels(pixels: np.ndarray) -> int:
     """pHash of a 32x32 float array (see `phash_code`)."""
-    low = _dct_matrix(_DCT_SIDE)[:HASH_SIZE]  # only the 8x8 lowest frequencies are used
-    return _code_from_coefficients(low @ pixels @ low.T)
+    return _code_from_coefficients(_low_block(pixels))
+
+
+def _low_block(pixels: np.ndarray) -> np.ndarray:
+    """The 8x8 lowest DCT frequencies of a 32x32 array (all a pHash uses)."""
+    low = _dct_matrix(_DCT_SIDE)[:HASH_SIZE]
+    return low @ pixels @ low.T
 
 
 def _code_from_coefficients(low: np.ndarray) -> int:

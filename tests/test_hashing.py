@@ -726,3 +726,22 @@ def test_normal_codes_are_balanced():
     for name in SAMPLE_NAMES:
         for code in fp(jpeg(sample_image(name))).indexed_codes:
             assert 20 <= code.bit_count() <= 44
+
+
+ROTATIONS = ImageLimits(LIMITS.max_bytes, LIMITS.max_pixels, rotations=True)
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_rotation_mode_codes_find_every_mirrored_and_rotated_copy(name):
+    image = sample_image(name)
+    original = fingerprint(png(image), ROTATIONS)
+    assert fingerprint(png(image), LIMITS).rotated_codes == ()  # off by default
+    assert 1 <= len(original.rotated_codes) <= 7 * len(original.codes)
+    for op in Image.Transpose:
+        copy = fingerprint(jpeg(image.transpose(op), quality=90), LIMITS)
+        nearest = min(hamming(copy.primary_code, c) for c in original.query_codes)
+        assert nearest <= 4, (op, nearest)
+    # Without the mode the symmetric copies are mostly far away (what the mode is for).
+    far = [op for op in Image.Transpose
+           if min(hamming(fingerprint(png(image.transpose(op)), LIMITS).primary_code, c) for c in original.codes) > 10]
+    assert len(far) >= 4

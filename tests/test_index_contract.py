@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 
 import numpy as np
@@ -423,6 +424,24 @@ async def test_codes_sharing_buckets_of_one_image(index):
     assert await index.query(NS, c1 ^ 0xFF, radius=8) == [("twin-codes", 8)]
     assert await index.remove(NS, "twin-codes")
     assert await index.query(NS, c1, radius=16) == []
+
+
+async def test_rotated_codes_are_probed_but_never_indexed(index):
+    """Rotation mode: a lookup probes `rotated_codes` too (a mirrored copy finds its
+    original), while registration indexes only the whole-image and window codes."""
+    rng = np.random.default_rng(15)
+    stored, mirrored = random_code(rng), random_code(rng)
+    await register(index, "upright", make_fingerprint(stored, 1))
+    plain = make_fingerprint(mirrored, 2)
+    assert (await index.lookup(NS, plain, radius=RADIUS)).candidates == ()
+    with_rotations = dataclasses.replace(plain, rotated_codes=(flip_bits(stored, 3, rng),))
+    (candidate,) = (await index.lookup(NS, with_rotations, radius=RADIUS)).candidates
+    assert (candidate.image_id, candidate.distance) == ("upright", 3)
+    registration = await register(index, "mirrored", with_rotations)
+    assert (registration.record.verdict, registration.record.duplicate_of) == (Verdict.DUPLICATE, "upright")
+    lone = dataclasses.replace(make_fingerprint(random_code(rng), 3), rotated_codes=(777,))
+    assert (await register(index, "lone", lone)).record.verdict == Verdict.ACCEPTED
+    assert await index.query(NS, 777, radius=0) == []  # rotated codes are not stored
 
 
 @pytest.mark.parametrize("namespace", ["a b", "{x}", "", "x" * 65, "a:b", "ns/1", "é"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -40,6 +41,10 @@ from .variants import NEGATIVE_TRANSFORMS, NON_GEOMETRIC, VARIANTS, save
 
 NAMESPACE = "accuracy"
 BASELINES = {"pHash<=10": 10, "dHash<=10": 10, "PDQ<=31": 31}
+#: Families queried a second time with IMGDEDUP_MATCH_ROTATIONS on (rows get this suffix;
+#: the baselines in those rows are the same plain searches, for comparison).
+ROTATION_MODE = " (rotation mode)"
+ROTATION_MODE_FAMILIES = ("geometric", "negative")
 MAX_BENCH_PIXELS = 20_000_000  # bigger corpus files are skipped (and counted)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -171,8 +176,14 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
     metrics = Metrics()
     hasher = Hasher(settings.image_limits, workers)
     await hasher.start()
+    # The optional mirror/rotation mode only changes what a lookup probes: the same
+    # index is queried a second time for the geometric variants and the negatives.
+    rotation_hasher = Hasher(dataclasses.replace(settings.image_limits, rotations=True), workers)
+    await rotation_hasher.start()
     policy = Policy(settings.duplicate_radius, settings.review_radius)
-    dedup = Deduplicator(MemoryIndex(), hasher, policy, metrics, max_in_flight=4 * workers)
+    index = MemoryIndex()
+    dedup = Deduplicator(index, hasher, policy, metrics, max_in_flight=4 * workers)
+    rotation_dedup = Deduplicator(index, rotation_hasher, policy, metrics, max_in_flight=4 * workers)
     baseline = BaselineIndex()
     canonical: dict[str, str] = {}
     originals_judged_duplicate: list[tuple[str, str]] = []
@@ -203,10 +214,11 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
         false_positives: list[dict[str, object]] = []
         slots = asyncio.Semaphore(4 * workers)
 
-        async def query(entry: dict[str, object], family: str, name: str, data: bytes, hashes) -> None:
+        async def query(entry: dict[str, object], family: str, name: str, data: bytes, hashes,
+                        checker: Deduplicator = dedup) -> None:
             async with slots:
                 try:
-                    result = await dedup.check(NAMESPACE, data)
+                    result = await checker.check(NAMESPACE, data)
                 except InputError:
                     result = CheckResult(CheckVerdict.UNIQUE, (), None)  # type: ignore[arg-type]
             found = baseline.within(hashes)
@@ -231,7 +243,7 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                     for baseline_name, ids in found.items():
                         if ids:
                             tally.baselines[baseline_name] += 1
-            if expected is None and result.verdict != CheckVerdict.UNIQUE and best is not None and name == "raw":
+            if family == "negative" and result.verdict != CheckVerdict.UNIQUE and best is not None and name == "raw":
                 false_positives.append({"query": Path(str(entry["path"])).name, "matched": best.image_id,
                                         "distance": best.distance, "verdict": result.verdict.value})
 
@@ -243,9 +255,12 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                 if family == "original":
                     continue
                 jobs.append(query(entry, family, name, data, hashes))
+                if family in ROTATION_MODE_FAMILIES:
+                    jobs.append(query(entry, f"{family}{ROTATION_MODE}", name, data, hashes, rotation_dedup))
         await asyncio.gather(*jobs)
     finally:
         await hasher.close()
+        await rotation_hasher.close()
     return {
         "families": {k: v.as_dict() for k, v in sorted(tallies.items())},
         "variants": {k: v.as_dict() for k, v in sorted(per_variant.items())},
@@ -270,6 +285,8 @@ def _summary(families: dict[str, dict[str, object]]) -> dict[str, object]:
         "overlay_recall": {k: pooled(("overlay",), k) for k in keys},
         "geometric_recall": {k: pooled(("geometric",), k) for k in keys},
         "false_positive_rate": {k: pooled(("negative",), k) for k in keys},
+        "geometric_recall_rotation_mode": {k: pooled((f"geometric{ROTATION_MODE}",), k) for k in keys},
+        "false_positive_rate_rotation_mode": {k: pooled((f"negative{ROTATION_MODE}",), k) for k in keys},
     }
 
 
@@ -351,7 +368,7 @@ def run(corpus: Path, originals: int, negatives: int, seed: int, workers: int, w
     for family, data in result["families"].items():  # type: ignore[union-attr]
         print(f"{family:<14}{data['queries']:>8}" + "".join(f"{float(data[c]):>18.3f}" for c in cols))
     for name, values in result["summary"].items():  # type: ignore[union-attr]
-        print(f"{name:<28}" + "  ".join(f"{c}={values[c]:.3f}" for c in cols))
+        print(f"{name:<36}" + "  ".join(f"{c}={values[c]:.3f}" for c in cols))
     if write_docs is not None:
         write_docs.parent.mkdir(parents=True, exist_ok=True)
         write_docs.write_text(_markdown(result, config))

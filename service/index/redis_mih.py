@@ -286,7 +286,7 @@ class RedisMihIndex:
     ) -> tuple[Candidate, ...]:
         m = await self.substrings(namespace, create=False)
         near = await self._near(
-            namespace, fingerprint.codes, self._probe_keys(namespace, fingerprint.codes, radius, m), radius,
+            namespace, fingerprint.query_codes, self._probe_keys(namespace, fingerprint.query_codes, radius, m), radius,
             fingerprint.sha256_hex,
         )
         states = await self._states(namespace, list(near))
@@ -367,7 +367,7 @@ class RedisMihIndex:
         own_lease: _OwnLease | None = None
         try:
             near = await self._near(
-                namespace, fp.codes, self._probe_keys(namespace, fp.codes, radius, m), radius, fp.sha256_hex
+                namespace, fp.query_codes, self._probe_keys(namespace, fp.query_codes, radius, m), radius, fp.sha256_hex
             )
             near.pop(seq, None)
             earlier = {s: d for s, d in near.items() if s < seq}
