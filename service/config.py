@@ -75,8 +75,8 @@ class Settings:
         50_000_000, "Largest accepted canvas in pixels (decompression-bomb guard).", lo=1
     )
     crop_windows: bool = _doc(
-        True, "Also index codes of 27 crop windows per kept image, so later crops (up to ~30 % "
-        "of the area removed) match it. Costs ~19x the bucket memory per image and ~0.3 ms "
+        True, "Also index codes of 33 crop windows per kept image, so later crops (up to ~30 % "
+        "of the area removed) match it. Costs ~20x the bucket memory per image and ~0.3 ms "
         "of hashing per JPEG (docs/performance.md); queries probe only whole-image codes."
     )
     match_rotations: bool = _doc(
