@@ -111,26 +111,21 @@ def fingerprint(data: bytes, limits: ImageLimits) -> Fingerprint:
     sha = hashlib.sha256(data).digest()
     image, fmt, (width, height) = decode_for_hashing(data, limits.max_pixels)
     gray = to_luminance(image)
-    codes, window_codes = perceptual_codes(gray, windows=limits.crop_windows)
+    codes, window_codes, rotated = perceptual_codes(gray, windows=limits.crop_windows, rotations=limits.rotations)
     return Fingerprint(
         sha256=sha, codes=codes, width=width, height=height, format=fmt,
-        size_bytes=len(data), window_codes=window_codes,
-        rotated_codes=rotated_codes(gray, codes) if limits.rotations else (),
+        size_bytes=len(data), window_codes=window_codes, rotated_codes=rotated,
     )
 
 
-def rotated_codes(gray: Image.Image, codes: tuple[int, ...]) -> tuple[int, ...]:
-    """Codes of the 7 mirror images and rotations of every whole-image code of `gray`
-    (the trimmed code's too), without the codes themselves.
+def rotated_codes(blocks: list[np.ndarray], codes: list[int]) -> tuple[int, ...]:
+    """Codes of the 7 mirror images and rotations of each whole-image code's 8x8 DCT
+    block, without the codes themselves.
 
     No pixels are moved: mirroring a picture left-right negates its odd horizontal DCT
     frequencies, top-bottom the odd vertical ones, and transposing it transposes the
     coefficient block, so the 8 symmetries of the square come from one 8x8 block.
     """
-    blocks = [_low_block(hash_input(gray))]
-    box = trim_box(downscale_for_trim(gray))
-    if box is not None:
-        blocks.append(_low_block(hash_input(downscale_for_trim(gray).crop(box))))
     found: list[int] = []
     for low in blocks:
         for block in (low, low.T):
@@ -163,33 +158,42 @@ CROP_WINDOWS: tuple[tuple[float, float, float, float], ...] = tuple(
 )
 
 
-def perceptual_codes(gray: Image.Image, *, windows: bool = True) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(whole-image codes, crop-window codes) of a greyscale picture.
+def perceptual_codes(
+    gray: Image.Image, *, windows: bool = True, rotations: bool = False
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(whole-image codes, crop-window codes, mirror/rotation codes) of a greyscale
+    picture; the last two are empty unless asked for.
 
     Whole-image codes: the picture as stored, and the picture with uniform borders
     trimmed (when trimming changed anything). Both are kept because trimming makes
     letterboxed, framed and padded copies match, while the untrimmed code is the more
-    stable one under colour changes. Low-information pictures get no code at all: they
-    match by exact bytes only.
+    stable one under colour changes. Low-information pictures get no code at all (nor
+    mirror/rotation codes): they match by exact bytes only.
     """
-    whole: list[int] = []
-    untrimmed = _usable_code(hash_input(gray))
-    if untrimmed is not None:
-        whole.append(untrimmed)
     small = downscale_for_trim(gray)
     box = trim_box(small)
     trimmed_image = small.crop(box) if box is not None else small
-    if box is not None:
-        trimmed = _usable_code(hash_input(trimmed_image))
-        if trimmed is not None and trimmed not in whole:
-            whole.append(trimmed)
+    inputs = [hash_input(gray)] + ([hash_input(trimmed_image)] if box is not None else [])
+    whole: list[int] = []
+    blocks: list[np.ndarray] = []
+    for pixels in inputs:
+        if is_low_information(pixels):
+            continue
+        low = _low_block(pixels)
+        code = _code_from_coefficients(low)
+        if is_degenerate(code):
+            continue
+        blocks.append(low)
+        if code not in whole:
+            whole.append(code)
+    rotated = rotated_codes(blocks, whole) if rotations else ()
     if not whole or not windows:
-        return tuple(whole), ()
+        return tuple(whole), (), rotated
     found: list[int] = []
     for code in window_codes(trimmed_image):
         if code not in whole and code not in found:
             found.append(code)
-    return tuple(whole), tuple(found)
+    return tuple(whole), tuple(found), rotated
 
 
 #: Crop windows are computed on the trimmed picture resampled to this square, with the
@@ -477,14 +481,6 @@ def is_low_information(small: np.ndarray) -> bool:
 
 def is_degenerate(code: int) -> bool:
     return code.bit_count() < MIN_CODE_BITS
-
-
-def _usable_code(pixels: np.ndarray) -> int | None:
-    """pHash of a 32x32 hash input, or None when the picture is too plain to match by it."""
-    if is_low_information(pixels):
-        return None
-    code = phash_from_pixels(pixels)
-    return None if is_degenerate(code) else code
 
 
 @lru_cache(maxsize=4)

@@ -237,15 +237,19 @@ def numpy_baseline(codes: np.ndarray, queries: np.ndarray, radius: int) -> tuple
     return times, results
 
 
-def memory_mih_baseline(codes: np.ndarray, queries: np.ndarray, radius: int) -> tuple[list[float], list[np.ndarray], int, float]:
-    """The embedded backend's table (`MihTable`, one label per code), loaded and settled,
-    then one query at a time: (times, results, m, load seconds)."""
+def memory_mih_table(codes: np.ndarray, radius: int) -> tuple[MihTable, float]:
+    """The embedded backend's table (`MihTable`, one label per code) loaded with the
+    dataset and settled, m chosen for `radius`: (table, load seconds)."""
     started = time.perf_counter()
     table = MihTable(radius_hint=radius, queries_hint=1)
     for label, code in enumerate(codes.tolist()):
         table.add(label, (code,))
     table.settle()
-    load = time.perf_counter() - started
+    return table, time.perf_counter() - started
+
+
+def memory_mih_baseline(table: MihTable, queries: np.ndarray, radius: int) -> tuple[list[float], list[np.ndarray]]:
+    """One query at a time on the loaded table: (times, results)."""
     times: list[float] = []
     results: list[np.ndarray] = []
     for q in queries.tolist():
@@ -253,7 +257,7 @@ def memory_mih_baseline(codes: np.ndarray, queries: np.ndarray, radius: int) -> 
         found = table.near((q,), radius)
         times.append(time.perf_counter() - started)
         results.append(np.array(sorted(found), dtype=np.int64))
-    return times, results, table.substrings, load
+    return times, results
 
 
 def faiss_index(codes: np.ndarray) -> Any:
@@ -628,11 +632,13 @@ async def bench_dataset(
     t0 = time.perf_counter()
     findex = faiss_index(ds.codes)
     faiss_build = time.perf_counter() - t0
+    table, mem_load = memory_mih_table(ds.codes, args.radius)
     for r in radii:
         np_times, np_hits = numpy_baseline(ds.codes, base_q, r)
         fa_times, fa_hits, fa_batch = faiss_baseline(findex, base_q, r, args.faiss_threads)
         agree = sum(int(np.array_equal(a, b)) for a, b in zip(np_hits, fa_hits))
-        mem_times, mem_hits, mem_m, mem_load = memory_mih_baseline(ds.codes, base_q, r)
+        mem_times, mem_hits = memory_mih_baseline(table, base_q, r)
+        mem_m = table.substrings
         mem_agree = sum(int(np.array_equal(a, b)) for a, b in zip(np_hits, mem_hits))
         if mem_agree != len(base_q):
             raise SystemExit(f"in-process MihTable disagrees with the numpy scan on {len(base_q) - mem_agree} queries")
@@ -658,7 +664,7 @@ async def bench_dataset(
               f"(faiss = numpy on {agree}/{len(base_q)}; faiss batched on all cores {fa_batch:,.0f} q/s)\n"
               f"                 in-process MihTable (embedded backend, m={mem_m}, = numpy on all) "
               f"{fmt_lat(baselines[str(r)]['memory_mih'])}", flush=True)
-    del findex
+    del findex, table
     threads = args.faiss_threads
     result: dict[str, Any] = {"distribution": ds.name, "n": n, "note": ds.note, "real_codes": ds.real_codes,
                               "faiss_build_seconds": round(faiss_build, 2), "faiss_threads": threads,
