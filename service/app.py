@@ -19,7 +19,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Settings
 from .consumer import UploadConsumer
-from .decisions import Policy
 from .dedup import Deduplicator
 from .fetch import UrlFetcher
 from .hasher import Hasher
@@ -97,7 +96,7 @@ class Service:
             self.hasher = Hasher(s.image_limits, s.effective_hash_workers)
             await self.hasher.start()
             self.dedup = Deduplicator(
-                self.index, self.hasher, Policy(s.duplicate_radius, s.review_radius), self.metrics, s.max_in_flight
+                self.index, self.hasher, s.policy, self.metrics, s.max_in_flight
             )
             self.fetcher = UrlFetcher(
                 max_bytes=s.max_image_bytes, timeout_s=s.url_fetch_timeout_s, allow_private=s.allow_private_urls

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
+    from .decisions import Policy
     from .hashing import ImageLimits
 
 PREFIX = "IMGDEDUP_"
@@ -60,11 +61,23 @@ class Settings:
     )
     # --- decisions ---------------------------------------------------------------------
     duplicate_radius: int = _doc(
-        8, "Hamming distance at or below which a near match is a duplicate.", lo=0, hi=32
+        8, "Hamming distance at or below which a near match is a duplicate (unless its "
+        "thumbnails rule it out: IMGDEDUP_MIN_SIMILARITY).", lo=0, hi=32
     )
     review_radius: int = _doc(
-        12, "Distance at or below which (and above the duplicate radius) the verdict is "
-        "`review`.", lo=0, hi=32
+        12, "Largest distance at which a candidate counts: above the duplicate radius it is a "
+        "duplicate when its thumbnails confirm it (IMGDEDUP_CONFIRM_SIMILARITY), else the "
+        "verdict is `review`.", lo=0, hi=32
+    )
+    min_similarity: float = _doc(
+        0.5, "Second look (thumbnail correlation, -1..1) a candidate within the duplicate "
+        "radius needs to be a duplicate; below it the verdict is `review` (a look-alike).",
+        lo=-1.0, hi=1.0
+    )
+    confirm_similarity: float = _doc(
+        0.9, "Thumbnail correlation at or above which a candidate between the duplicate and "
+        "the review radius (a crop, a heavier edit) is a duplicate instead of `review`.",
+        lo=-1.0, hi=1.0
     )
     # --- input limits ------------------------------------------------------------------
     max_image_bytes: int = _doc(
@@ -157,6 +170,16 @@ class Settings:
         from .hashing import ImageLimits
 
         return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.crop_windows, self.match_rotations)
+
+    @property
+    def policy(self) -> Policy:
+        """The decision rules every path uses (service, scan, benchmarks)."""
+        from .decisions import Policy
+
+        return Policy(
+            self.duplicate_radius, self.review_radius, self.min_similarity, self.confirm_similarity,
+            self.match_rotations,
+        )
 
     @property
     def effective_hash_workers(self) -> int:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from .decisions import Candidate, CheckVerdict, Policy, decide
+from .decisions import Candidate, CheckVerdict, Decision, Policy, decide
 from .decisions import check as check_rules
 from .hasher import Hasher
 from .hashing import Fingerprint
@@ -25,6 +25,8 @@ class CheckResult:
     verdict: CheckVerdict
     matches: tuple[Candidate, ...]
     fingerprint: Fingerprint
+    #: What registering would decide: the match it names (`duplicate_of`), the similarity.
+    decision: Decision | None = None
 
 
 class Deduplicator:
@@ -36,7 +38,6 @@ class Deduplicator:
         self.policy = policy
         self.metrics = metrics
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._decide = partial(decide, policy=policy)
         self._exported: dict[str, int] = {}
 
     async def fingerprint(self, data: bytes) -> Fingerprint:
@@ -64,7 +65,8 @@ class Deduplicator:
         started = time.perf_counter()
         try:
             return await self.index.register(
-                namespace, image_id, fp, self._decide, radius=self.policy.review_radius, event_id=event_id
+                namespace, image_id, fp, partial(decide, policy=self.policy, query_thumbnail=fp.thumbnail),
+                radius=self.policy.review_radius, event_id=event_id,
             )
         finally:
             self.metrics.index_seconds.labels("register").observe(time.perf_counter() - started)
@@ -76,8 +78,8 @@ class Deduplicator:
         started = time.perf_counter()
         lookup = await self.index.lookup(namespace, fp, radius=self.policy.review_radius)
         self.metrics.index_seconds.labels("lookup").observe(time.perf_counter() - started)
-        verdict, matches = check_rules(lookup, self.policy)
-        return CheckResult(verdict, matches, fp)
+        verdict, matches, decision = check_rules(lookup, self.policy, fp.thumbnail)
+        return CheckResult(verdict, matches, fp, decision)
 
     async def get(self, namespace: str, image_id: str) -> ImageRecord | None:
         validate_namespace(namespace)

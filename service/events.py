@@ -138,6 +138,8 @@ def decision_from_record(
     )
     if record.distance is not None:
         message.distance = record.distance
+    if record.similarity is not None:
+        message.similarity = record.similarity
     return message
 
 

@@ -20,6 +20,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -71,6 +72,10 @@ class Fingerprint:
     #: for each whole-image code), when the rotation mode is on: query-side only, so a
     #: mirrored or rotated copy finds the stored original without growing the index.
     rotated_codes: tuple[int, ...] = ()
+    #: Two 16x16 grey thumbnails (as stored, borders trimmed) for the second look at a
+    #: candidate before it is called a duplicate (`verify.similarity`); empty for
+    #: pictures without perceptual codes.
+    thumbnail: bytes = b""
 
     @property
     def query_codes(self) -> tuple[int, ...]:
@@ -111,10 +116,11 @@ def fingerprint(data: bytes, limits: ImageLimits) -> Fingerprint:
     sha = hashlib.sha256(data).digest()
     image, fmt, (width, height) = decode_for_hashing(data, limits.max_pixels)
     gray = to_luminance(image)
-    codes, window_codes, rotated = perceptual_codes(gray, windows=limits.crop_windows, rotations=limits.rotations)
+    codes = perceptual_codes(gray, windows=limits.crop_windows, rotations=limits.rotations)
     return Fingerprint(
-        sha256=sha, codes=codes, width=width, height=height, format=fmt,
-        size_bytes=len(data), window_codes=window_codes, rotated_codes=rotated,
+        sha256=sha, codes=codes.whole, width=width, height=height, format=fmt,
+        size_bytes=len(data), window_codes=codes.windows, rotated_codes=codes.rotated,
+        thumbnail=codes.thumbnail,
     )
 
 
@@ -158,11 +164,34 @@ CROP_WINDOWS: tuple[tuple[float, float, float, float], ...] = tuple(
 )
 
 
+#: Verification thumbnails (`verify.py`): two of this side (as stored, trimmed), 8 bits
+#: per pixel, stored per kept image.
+THUMB_SIDE = 16
+THUMBNAIL_BYTES = 2 * THUMB_SIDE * THUMB_SIDE
+
+
+def thumbnails(untrimmed: np.ndarray, trimmed: np.ndarray) -> bytes:
+    """Two 32x32 hash inputs -> the 512-byte verification thumbnails (each halved)."""
+    out = []
+    for pixels in (untrimmed, trimmed):
+        half = pixels.reshape(THUMB_SIDE, 2, THUMB_SIDE, 2).mean(axis=(1, 3))
+        out.append(np.clip(np.rint(half), 0, 255).astype(np.uint8).tobytes())
+    return b"".join(out)
+
+
+class PerceptualCodes(NamedTuple):
+    whole: tuple[int, ...]
+    windows: tuple[int, ...]
+    rotated: tuple[int, ...]
+    thumbnail: bytes
+
+
 def perceptual_codes(
     gray: Image.Image, *, windows: bool = True, rotations: bool = False
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(whole-image codes, crop-window codes, mirror/rotation codes) of a greyscale
-    picture; the last two are empty unless asked for.
+) -> PerceptualCodes:
+    """Whole-image codes, crop-window codes, mirror/rotation codes and verification
+    thumbnails of a greyscale picture; windows and rotations are empty unless asked for,
+    the thumbnails empty when the picture gets no code.
 
     Whole-image codes: the picture as stored, and the picture with uniform borders
     trimmed (when trimming changed anything). Both are kept because trimming makes
@@ -187,13 +216,14 @@ def perceptual_codes(
         if code not in whole:
             whole.append(code)
     rotated = rotated_codes(blocks, whole) if rotations else ()
+    thumbs = thumbnails(inputs[0], inputs[-1]) if whole else b""
     if not whole or not windows:
-        return tuple(whole), (), rotated
+        return PerceptualCodes(tuple(whole), (), rotated, thumbs)
     found: list[int] = []
     for code in window_codes(trimmed_image):
         if code not in whole and code not in found:
             found.append(code)
-    return tuple(whole), tuple(found), rotated
+    return PerceptualCodes(tuple(whole), tuple(found), rotated, thumbs)
 
 
 #: Crop windows are computed on the trimmed picture resampled to this square, with the
@@ -464,8 +494,10 @@ def hash_input(gray: Image.Image) -> np.ndarray:
 
 #: Standard deviation (grey levels) of the 32x32 hash input below which a picture is
 #: "low information" (near-uniform, very dark or nearly empty): its DCT signs are noise,
-#: so it gets no perceptual code and can only match by exact bytes.
-LOW_INFORMATION_STD = 8.0
+#: so it gets no perceptual code and can only match by exact bytes. It was 8 before
+#: candidates got a second look (`verify.py`); thin line drawings (std 4-7) then had no
+#: code at all, and at 3 the benchmark's false positives did not move (docs/accuracy.md).
+LOW_INFORMATION_STD = 3.0
 
 
 #: A pHash splits 63 AC coefficients at their median, so a normal code has ~31 bits set

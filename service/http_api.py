@@ -244,6 +244,7 @@ def _decision_fields(record: ImageRecord) -> dict[str, Any]:
         "duplicate_of": record.duplicate_of,
         "distance": record.distance,
         "match": record.match.value if record.match else None,
+        "similarity": record.similarity,
     }
 
 
@@ -279,6 +280,8 @@ def _check_json(namespace: str, result: CheckResult) -> dict[str, Any]:
     return {
         "namespace": namespace,
         "verdict": result.verdict.value,
+        "duplicate_of": result.decision.duplicate_of if result.decision else None,
+        "similarity": result.decision.similarity if result.decision else None,
         "matches": [
             {"image_id": m.image_id, "distance": m.distance, "match": m.match.value}
             for m in result.matches

@@ -173,6 +173,7 @@ def test_conversion_and_validation_problems_reported_together():
     ("duplicate_radius", "33", "<= 32"), ("max_image_bytes", "0", ">= 1"),
     ("http_port", "65536", "<= 65535"), ("url_fetch_timeout_s", "0.01", ">= 0.1"),
     ("shutdown_timeout_s", "inf", "finite"), ("hash_workers", "-1", ">= 0"),
+    ("confirm_similarity", "1.5", "<= 1.0"), ("min_similarity", "-1.5", ">= -1.0"),
 ])
 def test_range_checks(name, value, bound):
     problems = problems_of(**{name: value})
@@ -191,6 +192,13 @@ def test_nan_timeout_refused(name):
 def test_choices(name, value):
     problems = problems_of(**{name: value})
     assert any(f"IMGDEDUP_{name.upper()}" in p and "must be one of" in p for p in problems)
+
+
+def test_policy_comes_from_the_decision_settings():
+    policy = load(duplicate_radius="6", review_radius="10", min_similarity="0.6", confirm_similarity="0.95",
+                  match_rotations="true").policy
+    assert (policy.duplicate_radius, policy.review_radius) == (6, 10)
+    assert (policy.min_similarity, policy.confirm_similarity, policy.match_rotations) == (0.6, 0.95, True)
 
 
 def test_review_below_duplicate_refused():

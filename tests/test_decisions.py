@@ -145,7 +145,7 @@ def test_sort_candidates_exact_then_distance_then_seq():
 
 
 def test_check_unique():
-    verdict, matches = check(lookup(near("far", 1, 13)), POLICY)
+    verdict, matches, _ = check(lookup(near("far", 1, 13)), POLICY)
     assert verdict == CheckVerdict.UNIQUE
     assert matches == ()
 
@@ -155,20 +155,20 @@ def test_check_lists_matches_nearest_first():
         near("review", 1, 11), near("dup-far", 2, 7), near("dup-near", 5, 2),
         near("too-far", 3, 20),
     ))
-    verdict, matches = check(found, POLICY)
+    verdict, matches, _ = check(found, POLICY)
     assert verdict == CheckVerdict.DUPLICATE
     assert [m.image_id for m in matches] == ["dup-near", "dup-far", "review"]
     assert [m.distance for m in matches] == [2, 7, 11]
 
 
 def test_check_review_only():
-    verdict, matches = check(lookup(near("a", 4, 10), near("b", 2, 12)), POLICY)
+    verdict, matches, _ = check(lookup(near("a", 4, 10), near("b", 2, 12)), POLICY)
     assert verdict == CheckVerdict.REVIEW
     assert [m.image_id for m in matches] == ["a", "b"]
 
 
 def test_check_exact_first_and_duplicate():
-    verdict, matches = check(lookup(near("n", 1, 0), exact("e", 6)), POLICY)
+    verdict, matches, _ = check(lookup(near("n", 1, 0), exact("e", 6)), POLICY)
     assert verdict == CheckVerdict.DUPLICATE
     assert matches[0] == exact("e", 6)
     assert [m.image_id for m in matches] == ["e", "n"]

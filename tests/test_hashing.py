@@ -745,3 +745,16 @@ def test_rotation_mode_codes_find_every_mirrored_and_rotated_copy(name):
     far = [op for op in Image.Transpose
            if min(hamming(fingerprint(png(image.transpose(op)), LIMITS).primary_code, c) for c in original.codes) > 10]
     assert len(far) >= 4
+
+
+def test_thin_line_drawing_gets_a_code_and_its_copy_matches():
+    # A one-pixel outline on white is low-contrast at 32x32 (std ~4-7 grey levels) but
+    # not noise: it gets codes (it used to get none, so even a re-encode was missed).
+    image = Image.new("L", (400, 400), 255)
+    draw = ImageDraw.Draw(image)
+    draw.line([(40, 350), (120, 60), (210, 300), (300, 90), (370, 330), (90, 210)], fill=0, width=1)
+    draw.ellipse((230, 40, 350, 150), outline=0, width=1)
+    assert 3.0 <= float(np.asarray(image.resize((32, 32), Image.Resampling.BOX), dtype=float).std()) < 8.0
+    original, copy = fp(png(image)), fp(jpeg(image.convert("RGB"), quality=80))
+    assert original.codes and original.thumbnail
+    assert min(hamming(a, b) for a in original.codes for b in copy.codes) <= 8

@@ -148,7 +148,9 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def dedup(index: DedupIndex, hasher: Hasher, metrics: Metrics) -> Deduplicator:
-    return Deduplicator(index, hasher, Policy(8, 12), metrics, max_in_flight=16)
+    # The review band is left unconfirmed (no thumbnail correlation reaches 1.0), so a
+    # small crop lands in `review`; the default confirmation is tested on its own.
+    return Deduplicator(index, hasher, Policy(8, 12, confirm_similarity=1.0), metrics, max_in_flight=16)
 
 
 @pytest.fixture
@@ -210,6 +212,7 @@ async def test_register_new_image_is_accepted_with_201(client: TestClient) -> No
         "duplicate_of",
         "distance",
         "match",
+        "similarity",
         "replayed",
         "sha256",
         "phashes",
@@ -266,13 +269,29 @@ async def test_near_duplicate_variant(client: TestClient, variant: Callable[[str
     assert 0 <= body["distance"] <= 8
 
 
-async def test_cropped_variant_goes_to_review(client: TestClient) -> None:
+async def test_cropped_variant_in_the_review_band_is_confirmed_by_its_thumbnails(
+    make_client: Callable[..., Awaitable[TestClient]], index: DedupIndex, hasher: Hasher, metrics: Metrics
+) -> None:
+    client = await make_client(Deduplicator(index, hasher, Policy(8, 12), metrics, max_in_flight=4))
     _, a = await register(client, "orig", original("chelsea"))
     status, body = await register(client, "crop", cropped("chelsea", 0.06))
     assert status == 201
-    assert (body["verdict"], body["match"], body["duplicate_of"]) == ("review", "near", "orig")
+    assert (body["verdict"], body["match"], body["duplicate_of"]) == ("duplicate", "near", "orig")
     assert 8 < body["distance"] <= 12
     assert body["distance"] == hamming(int(a["phashes"][0], 16), int(body["phashes"][0], 16))
+    assert 0.9 <= body["similarity"] <= 1.0
+
+
+async def test_unconfirmed_candidate_in_the_review_band_goes_to_review(client: TestClient) -> None:
+    await register(client, "orig", original("chelsea"))
+    response = await client.post(f"/v1/namespaces/{NS}/check", data=cropped("chelsea", 0.06), headers=JPEG)
+    checked = await response.json()
+    assert (checked["verdict"], checked["duplicate_of"]) == ("review", "orig")
+    assert checked["similarity"] < 1.0
+    status, body = await register(client, "crop", cropped("chelsea", 0.06))
+    assert status == 201
+    assert (body["verdict"], body["duplicate_of"]) == ("review", "orig")
+    assert 8 < body["distance"] <= 12
 
 
 async def test_crop_is_a_duplicate_with_the_default_crop_windows(settings: Settings, memory_index) -> None:
@@ -310,7 +329,8 @@ async def test_check_is_unique_then_duplicate_and_never_registers(client: TestCl
     )
     assert response.status == 200
     body = await response.json()
-    assert set(body) == {"namespace", "verdict", "matches", "sha256", "phashes"}
+    assert set(body) == {"namespace", "verdict", "duplicate_of", "similarity", "matches", "sha256", "phashes"}
+    assert body["duplicate_of"] is None and body["similarity"] is None
     assert body["namespace"] == NS
     assert body["verdict"] == "unique" and body["matches"] == []
     assert body["sha256"] == hashlib.sha256(data).hexdigest()
@@ -375,6 +395,7 @@ async def test_get_record(client: TestClient) -> None:
         "duplicate_of",
         "distance",
         "match",
+        "similarity",
         "sha256",
         "phashes",
         "width",

@@ -179,6 +179,10 @@ async def test_planted_duplicates_every_decision_checked(stack: Stack, service: 
         assert (decision.verdict, decision.duplicate_of) == ("duplicate", original), decision
         assert decision.match == ("exact" if image_id.endswith("-copy") else "near")
         assert decision.distance <= settings.duplicate_radius
+        if decision.match == "near":  # the second look's correlation travels with the decision
+            assert decision.HasField("similarity") and settings.min_similarity <= decision.similarity <= 1.0
+        else:
+            assert not decision.HasField("similarity")
     json_records = [r for r in records if dict(r.headers).get("content-type") == b"application/json"]
     assert {decode_decision(r.value, r.headers).image_id for r in json_records} >= {
         f"{i}-webp" for i in originals

@@ -242,8 +242,11 @@ def test_files_over_the_byte_limit_are_refused_unread(estate, tmp_path: Path) ->
 
 
 def test_matching_follows_the_service_configuration(estate, tmp_path: Path) -> None:
-    """Radii come from the service's settings (IMGDEDUP_DUPLICATE_RADIUS / _REVIEW_RADIUS)."""
-    strict = run(estate.root, tmp_path / "strict", settings=scan_settings(duplicate_radius=0, review_radius=12))
+    """Radii and the second look come from the service's settings (IMGDEDUP_DUPLICATE_RADIUS,
+    _REVIEW_RADIUS, _CONFIRM_SIMILARITY): with confirmation out of reach, only exact codes
+    make duplicates."""
+    strict = run(estate.root, tmp_path / "strict", settings=scan_settings(
+        duplicate_radius=0, review_radius=12, confirm_similarity=1.0))
     assert (strict.report["settings"]["duplicate_radius"], strict.report["settings"]["review_radius"]) == (0, 12)
     for cluster in strict.report["clusters"]:
         assert all(m["distance"] == 0 for m in cluster["members"][1:])

@@ -30,13 +30,14 @@ import numpy as np
 from PIL import Image
 
 from ..config import Settings
-from ..decisions import CheckVerdict, Policy
+from ..decisions import CheckVerdict
 from ..dedup import CheckResult, Deduplicator
 from ..errors import InputError
 from ..hasher import Hasher
 from ..hashing import normalise_mode
 from ..index.memory import MemoryIndex
 from ..metrics import Metrics
+from .lookalikes import counted_apart
 from .variants import NEGATIVE_TRANSFORMS, NON_GEOMETRIC, VARIANTS, save
 
 NAMESPACE = "accuracy"
@@ -180,10 +181,12 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
     # index is queried a second time for the geometric variants and the negatives.
     rotation_hasher = Hasher(dataclasses.replace(settings.image_limits, rotations=True), workers)
     await rotation_hasher.start()
-    policy = Policy(settings.duplicate_radius, settings.review_radius)
+    policy = settings.policy
     index = MemoryIndex()
     dedup = Deduplicator(index, hasher, policy, metrics, max_in_flight=4 * workers)
-    rotation_dedup = Deduplicator(index, rotation_hasher, policy, metrics, max_in_flight=4 * workers)
+    rotation_dedup = Deduplicator(
+        index, rotation_hasher, dataclasses.replace(policy, match_rotations=True), metrics, max_in_flight=4 * workers
+    )
     baseline = BaselineIndex()
     canonical: dict[str, str] = {}
     originals_judged_duplicate: list[tuple[str, str]] = []
@@ -208,6 +211,7 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                 originals_judged_duplicate.append((image_id, str(record.duplicate_of)))
             baseline.add(image_id, entry["items"][0][3])  # type: ignore[index]
         baseline.freeze()
+        registered = set(canonical)
 
         tallies: dict[str, Tally] = defaultdict(Tally)
         per_variant: dict[str, Tally] = defaultdict(Tally)
@@ -224,13 +228,23 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
             found = baseline.within(hashes)
             expected = Path(str(entry["path"])).name if entry["role"] == "original" else None
             accept = {expected, canonical.get(expected or "", expected)} if expected else set()
-            best = result.matches[0] if result.matches else None
-            for tally in (tallies[family], per_variant[f"{family}/{name}"]):
+            named = result.decision.duplicate_of if result.decision is not None else None
+            query_name = Path(str(entry["path"])).name
+            tallied = [tallies[family], per_variant[f"{family}/{name}"]]
+            if expected is None:
+                # A negative with a partner among the registered originals that is the
+                # same picture (a by-eye reviewed pair) or of the star polygon family is
+                # counted in rows of its own instead, and in the "all counted" row with
+                # every other negative.
+                if any(counted_apart(query_name, i) for i in registered):
+                    tallied = [tallies[f"{family} (same picture or star family)"]]
+                tallied.append(tallies[f"{family} (all counted)"])
+            for tally in tallied:
                 tally.queries += 1
                 if expected is not None:
-                    if result.verdict == CheckVerdict.DUPLICATE and best is not None and best.image_id in accept:
+                    if result.verdict == CheckVerdict.DUPLICATE and named in accept:
                         tally.ours_duplicate += 1
-                    elif result.verdict == CheckVerdict.REVIEW and best is not None and best.image_id in accept:
+                    elif result.verdict == CheckVerdict.REVIEW and named in accept:
                         tally.ours_review += 1
                     for baseline_name, ids in found.items():
                         if ids & accept:
@@ -243,9 +257,12 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                     for baseline_name, ids in found.items():
                         if ids:
                             tally.baselines[baseline_name] += 1
-            if family == "negative" and result.verdict != CheckVerdict.UNIQUE and best is not None and name == "raw":
-                false_positives.append({"query": Path(str(entry["path"])).name, "matched": best.image_id,
-                                        "distance": best.distance, "verdict": result.verdict.value})
+            if family == "negative" and result.verdict != CheckVerdict.UNIQUE and result.decision is not None:
+                false_positives.append({
+                    "query": query_name, "variant": name, "matched": named,
+                    "distance": result.decision.distance, "similarity": result.decision.similarity,
+                    "verdict": result.verdict.value, "counted_apart": bool(named and counted_apart(query_name, named)),
+                })
 
         jobs = []
         for entry in prepared:
@@ -268,7 +285,9 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
         "indexed_codes_per_kept_image": round(sum(kept_codes) / max(len(kept_codes), 1), 2),
         "record_json_bytes_per_kept_image": round(sum(kept_record_bytes) / max(len(kept_record_bytes), 1)),
         "originals_judged_duplicate": originals_judged_duplicate,
-        "false_positive_examples": sorted(false_positives, key=lambda f: f["distance"])[:15],
+        "false_positive_examples": sorted(
+            false_positives, key=lambda f: (f["verdict"] != "duplicate", f["counted_apart"], f["distance"], f["query"])
+        ),
     }
 
 
@@ -285,6 +304,7 @@ def _summary(families: dict[str, dict[str, object]]) -> dict[str, object]:
         "overlay_recall": {k: pooled(("overlay",), k) for k in keys},
         "geometric_recall": {k: pooled(("geometric",), k) for k in keys},
         "false_positive_rate": {k: pooled(("negative",), k) for k in keys},
+        "false_positive_rate_all_counted": {k: pooled(("negative (all counted)",), k) for k in keys},
         "geometric_recall_rotation_mode": {k: pooled((f"geometric{ROTATION_MODE}",), k) for k in keys},
         "false_positive_rate_rotation_mode": {k: pooled((f"negative{ROTATION_MODE}",), k) for k in keys},
     }
@@ -310,7 +330,10 @@ def _markdown(result: dict[str, object], config: dict[str, object]) -> str:
         "images never registered. Recall rows: share of variants answered `duplicate` of their original "
         "(imgdedup) or with their original within the threshold (baselines, brute force). The `negative` row is "
         "the false-positive rate: share of never-registered images (raw, and halved at JPEG q50) that matched "
-        "anything.",
+        "anything. Negatives with a partner among the originals that is the same picture (pairs reviewed by "
+        "eye) or a member of the generated star polygon family (thin-line rings that differ in width; "
+        "`service/bench/lookalikes.py`) are counted in a row of their own; the `all counted` row counts every "
+        "negative.",
         "",
         "## Summary",
         "",
@@ -333,9 +356,15 @@ def _markdown(result: dict[str, object], config: dict[str, object]) -> str:
                  "(a real near-duplicate in the corpus, or a false positive of ours):")
     for a, b in judged[:15]:  # type: ignore[index]
         lines.append(f"- `{a}` -> `{b}`")
-    lines += ["", "Closest false positives (raw negatives), ours:"]
-    for fp in result["false_positive_examples"]:  # type: ignore[union-attr]
-        lines.append(f"- `{fp['query']}` matched `{fp['matched']}` at distance {fp['distance']} ({fp['verdict']})")
+    examples: list[dict[str, object]] = result["false_positive_examples"]  # type: ignore[assignment]
+    called = [fp for fp in examples if fp["verdict"] == "duplicate"]
+    lines += ["", f"Negatives ours called `duplicate` ({len(called)}; those counted apart marked; another "
+              f"{len(examples) - len(called)} went to `review`):"]
+    for fp in called:
+        sim = "" if fp["similarity"] is None else f", similarity {fp['similarity']:.2f}"
+        known = " - counted apart" if fp["counted_apart"] else ""
+        lines.append(f"- `{fp['query']}` ({fp['variant']}) matched `{fp['matched']}` at distance "
+                     f"{fp['distance']}{sim} ({fp['verdict']}){known}")
     lines += ["", f"Wall time {config['seconds']} s with {config['workers']} worker processes.", ""]
     return "\n".join(lines)
 

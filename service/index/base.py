@@ -9,6 +9,7 @@ optimistic WATCH/MULTI transaction over every bucket the query read.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -69,6 +70,11 @@ class ImageRecord:
     size_bytes: int
     event_id: str | None = None
     window_codes: tuple[int, ...] = ()
+    #: Verification thumbnails of a kept image (`hashing.thumbnails`); empty for
+    #: duplicates (never matched against) and records of older versions.
+    thumbnail: bytes = b""
+    #: Thumbnail correlation with `duplicate_of`, when one was measured.
+    similarity: float | None = None
 
     @property
     def indexed_codes(self) -> tuple[int, ...]:
@@ -105,16 +111,19 @@ class ImageRecord:
             size_bytes=fingerprint.size_bytes,
             event_id=event_id,
             window_codes=fingerprint.window_codes,
+            thumbnail=fingerprint.thumbnail if decision.kept else b"",
+            similarity=None if decision.similarity is None else round(decision.similarity, 4),
         )
 
     @property
     def decision(self) -> Decision:
-        return Decision(self.verdict, self.duplicate_of, self.distance, self.match)
+        return Decision(self.verdict, self.duplicate_of, self.distance, self.match, self.similarity)
 
     def to_json(self) -> str:
         data = asdict(self)
         data["codes"] = [code_hex(c) for c in self.codes]
         data["window_codes"] = [code_hex(c) for c in self.window_codes]
+        data["thumbnail"] = base64.b64encode(self.thumbnail).decode("ascii")
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -122,6 +131,7 @@ class ImageRecord:
         data: dict[str, Any] = json.loads(raw)
         data["codes"] = tuple(int(c, 16) for c in data["codes"])
         data["window_codes"] = tuple(int(c, 16) for c in data.get("window_codes", ()))
+        data["thumbnail"] = base64.b64decode(data.get("thumbnail", ""))
         data["verdict"] = Verdict(data["verdict"])
         data["match"] = MatchKind(data["match"]) if data["match"] else None
         return cls(**data)
@@ -181,7 +191,10 @@ class DedupIndex(Protocol):
 
 
 def candidates_from(
-    exact_id: tuple[str, int] | None, near: dict[int, int], seq_to_id: dict[int, str]
+    exact_id: tuple[str, int] | None,
+    near: dict[int, int],
+    seq_to_id: dict[int, str],
+    thumbnail_of: Callable[[str], bytes] = lambda _image_id: b"",
 ) -> Lookup:
     """Assemble a Lookup from raw scan results (the in-memory backend)."""
     out: list[Candidate] = []
@@ -191,5 +204,5 @@ def candidates_from(
         image_id = seq_to_id.get(seq)
         if image_id is None or (exact_id is not None and seq == exact_id[1]):
             continue
-        out.append(Candidate(image_id, seq, distance, MatchKind.NEAR))
+        out.append(Candidate(image_id, seq, distance, MatchKind.NEAR, thumbnail_of(image_id)))
     return Lookup(sort_candidates(out))

@@ -51,7 +51,9 @@ class _Namespace:
     def lookup(self, fingerprint: Fingerprint, radius: int) -> Lookup:
         exact_id = self.sha_to_kept.get(fingerprint.sha256_hex)
         exact = (exact_id, self.records[exact_id].seq) if exact_id is not None else None
-        return candidates_from(exact, self.near(fingerprint.query_codes, radius), self.seq_to_id)
+        return candidates_from(
+            exact, self.near(fingerprint.query_codes, radius), self.seq_to_id, lambda i: self.records[i].thumbnail
+        )
 
 
 class MemoryIndex:

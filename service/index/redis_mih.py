@@ -275,6 +275,14 @@ class RedisMihIndex:
             near[int(values[0])] = 0
         return near
 
+    async def _thumbnails(self, namespace: str, kept: dict[int, _State]) -> dict[int, bytes]:
+        """Verification thumbnails of kept candidates, from their records (one MGET, and
+        only when a query has candidates: most have none)."""
+        if not kept:
+            return {}
+        raws = await self._redis.mget([self._key(namespace, f"rec:{st.image_id}") for st in kept.values()])
+        return {seq: ImageRecord.from_json(raw).thumbnail for seq, raw in zip(kept, raws) if raw}
+
     async def _states(self, namespace: str, seqs: list[int]) -> dict[int, _State]:
         if not seqs:
             return {}
@@ -290,8 +298,10 @@ class RedisMihIndex:
             fingerprint.sha256_hex,
         )
         states = await self._states(namespace, list(near))
+        kept = {seq: st for seq, st in states.items() if st.kept}
+        thumbs = await self._thumbnails(namespace, kept) if fingerprint.thumbnail else {}
         return sort_candidates(
-            [_candidate(seq, near[seq], st, fingerprint.sha256_hex) for seq, st in states.items() if st.kept]
+            [_candidate(seq, near[seq], st, fingerprint.sha256_hex, thumbs.get(seq, b"")) for seq, st in kept.items()]
         )
 
     async def lookup(self, namespace: str, fingerprint: Fingerprint, *, radius: int) -> Lookup:
@@ -381,8 +391,10 @@ class RedisMihIndex:
                     if stored is not None:
                         await self._abandon_own(namespace, seq, payload, own)
                         return _replay(stored, fp, image_id)
+            kept = {s: st for s, st in states.items() if st.kept and st.image_id != image_id}
+            thumbs = await self._thumbnails(namespace, kept) if fp.thumbnail else {}
             candidates = sort_candidates(
-                [_candidate(s, earlier[s], st, fp.sha256_hex) for s, st in states.items() if st.kept and st.image_id != image_id]
+                [_candidate(s, earlier[s], st, fp.sha256_hex, thumbs.get(s, b"")) for s, st in kept.items()]
             )
             decision = decide(Lookup(candidates))
             target_seq = next((c.seq for c in candidates if c.image_id == decision.duplicate_of), None)
@@ -560,9 +572,11 @@ class _RedisClock:
         return self._base + int((time.monotonic() - self._start) * 1000)
 
 
-def _candidate(seq: int, distance: int, state: _State, sha256_hex: str) -> Candidate:
+def _candidate(seq: int, distance: int, state: _State, sha256_hex: str, thumbnail: bytes = b"") -> Candidate:
     exact = state.sha256 == sha256_hex
-    return Candidate(state.image_id, seq, 0 if exact else distance, MatchKind.EXACT if exact else MatchKind.NEAR)
+    return Candidate(
+        state.image_id, seq, 0 if exact else distance, MatchKind.EXACT if exact else MatchKind.NEAR, thumbnail
+    )
 
 
 def _replay(stored: ImageRecord, fingerprint: Fingerprint, image_id: str) -> Registration:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import ConfigError, Settings
-from ..decisions import Policy
 from ..dedup import Deduplicator
 from ..errors import FetchFailed, InputError
 from ..hasher import Hasher
@@ -183,7 +182,7 @@ class _Scan:
         except ConfigError as exc:
             raise ScanError(str(exc)) from None
         s = self.settings
-        self.policy = Policy(s.duplicate_radius, s.review_radius)
+        self.policy = s.policy
         self.limits = s.image_limits
         try:
             self.criteria = parse_keeper(o.keeper)

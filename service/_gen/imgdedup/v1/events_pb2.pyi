@@ -42,7 +42,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class DedupDecision(_message.Message):
-    __slots__ = ("event_id", "namespace", "image_id", "verdict", "duplicate_of", "distance", "match", "error", "sha256", "phashes", "replayed", "decided_at_ms", "attributes")
+    __slots__ = ("event_id", "namespace", "image_id", "verdict", "duplicate_of", "distance", "match", "error", "sha256", "phashes", "replayed", "decided_at_ms", "attributes", "similarity")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class DedupDecision(_message.Message):
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     namespace: str
     image_id: str
@@ -76,4 +77,5 @@ class DedupDecision(_message.Message):
     replayed: bool
     decided_at_ms: int
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, event_id: _Optional[str] = ..., namespace: _Optional[str] = ..., image_id: _Optional[str] = ..., verdict: _Optional[str] = ..., duplicate_of: _Optional[str] = ..., distance: _Optional[int] = ..., match: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., sha256: _Optional[str] = ..., phashes: _Optional[_Iterable[str]] = ..., replayed: _Optional[bool] = ..., decided_at_ms: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    similarity: float
+    def __init__(self, event_id: _Optional[str] = ..., namespace: _Optional[str] = ..., image_id: _Optional[str] = ..., verdict: _Optional[str] = ..., duplicate_of: _Optional[str] = ..., distance: _Optional[int] = ..., match: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., sha256: _Optional[str] = ..., phashes: _Optional[_Iterable[str]] = ..., replayed: _Optional[bool] = ..., decided_at_ms: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., similarity: _Optional[float] = ...) -> None: ...
