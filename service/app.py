@@ -72,7 +72,9 @@ async def open_index(settings: Settings) -> DedupIndex:
             f"Redis at {settings.redacted()['redis_url']} does not answer ({exc}); start it, fix "
             "IMGDEDUP_REDIS_URL, or unset it to use the in-memory index"
         ) from exc
-    return RedisMihIndex(client, prefix=settings.redis_prefix, substrings=settings.mih_substrings)
+    return RedisMihIndex(
+        client, prefix=settings.redis_prefix, substrings=settings.mih_substrings, mirror=settings.redis_mirror
+    )
 
 
 class Service:

@@ -59,6 +59,17 @@ class Settings:
         4, "MIH substring count m for *new* namespaces (64-bit codes split in m parts); "
         "rule of thumb m ~ 64 / log2(expected images).", lo=1, hi=8
     )
+    redis_mirror: bool = _doc(
+        False, "Mirror layout for *new* Redis namespaces: no bucket keys; registrations are "
+        "appended to a Redis stream per namespace and every replica answers near queries from "
+        "its own in-process multi-index table of the namespace, caught up from the stream "
+        "before each query (one small round trip instead of an MGET of ~1,100 keys). Redis "
+        "holds ~9 B per indexed code (26 B with one code per image) instead of 56-93 B of "
+        "buckets (m = 4); each replica holds ~75-90 B per code, reads the whole stream on its "
+        "first request for a namespace, and the stream is never compacted. Existing namespaces "
+        "keep their layout. Turn on only once every replica runs a version that knows it "
+        "(docs/design.md)."
+    )
     # --- decisions ---------------------------------------------------------------------
     duplicate_radius: int = _doc(
         8, "Hamming distance at or below which a near match is a duplicate (unless its "
@@ -254,7 +265,13 @@ class Settings:
             problems.append(f"{PREFIX}KAFKA_SSL_CERTFILE and {PREFIX}KAFKA_SSL_KEYFILE go together")
         from .mih import probe_count  # pure maths; imported here to keep config import-light
 
-        if 1 <= self.mih_substrings <= 8 and 0 <= self.review_radius <= 32:
+        if self.redis_mirror and not self.redis_url:
+            problems.append(
+                f"{PREFIX}REDIS_MIRROR=true needs {PREFIX}REDIS_URL: it is a layout of the Redis "
+                "index (the in-memory index is a local table already)"
+            )
+        # Mirror namespaces probe a local table, not Redis keys: the limit is for buckets.
+        if 1 <= self.mih_substrings <= 8 and 0 <= self.review_radius <= 32 and not self.redis_mirror:
             probed = probe_count(self.review_radius, self.mih_substrings)
             if probed > MAX_PROBES:
                 problems.append(

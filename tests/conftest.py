@@ -101,9 +101,17 @@ async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
 
 
 @pytest.fixture
-async def redis_index(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisMihIndex]:
+def redis_mirror() -> bool:
+    """Layout of the namespaces the Redis fixtures create: False = buckets, True = the
+    mirror layout (a log per namespace, an in-process table per replica). Test modules
+    parametrise it (`pytest_generate_tests`) to run against both."""
+    return False
+
+
+@pytest.fixture
+async def redis_index(redis_url: str, redis_prefix: str, redis_mirror: bool) -> AsyncIterator[RedisMihIndex]:
     client = aioredis.Redis.from_url(redis_url)
-    index = RedisMihIndex(client, prefix=redis_prefix, substrings=TEST_SUBSTRINGS)
+    index = RedisMihIndex(client, prefix=redis_prefix, substrings=TEST_SUBSTRINGS, mirror=redis_mirror)
     try:
         yield index
     finally:
@@ -115,19 +123,20 @@ async def redis_index(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisM
 
 @pytest.fixture
 async def redis_replicas(
-    redis_url: str, redis_prefix: str, redis_index: RedisMihIndex
+    redis_url: str, redis_prefix: str, redis_index: RedisMihIndex, redis_mirror: bool
 ) -> AsyncIterator[Callable[..., Awaitable[list[RedisMihIndex]]]]:
     """Factory: n more `RedisMihIndex` instances over the same keys, each with its own
-    client (connection pool), like separate replicas of the service. Keys are cleaned up
-    by `redis_index`, which shares the prefix."""
+    client (connection pool) and mirror, like separate replicas of the service. Keys are
+    cleaned up by `redis_index`, which shares the prefix."""
     clients: list[aioredis.Redis] = []
 
-    async def make(n: int, substrings: int = TEST_SUBSTRINGS) -> list[RedisMihIndex]:
+    async def make(n: int, substrings: int = TEST_SUBSTRINGS, **kwargs) -> list[RedisMihIndex]:
         out = []
         for _ in range(n):
             client = aioredis.Redis.from_url(redis_url)
             clients.append(client)
-            out.append(RedisMihIndex(client, prefix=redis_prefix, substrings=substrings))
+            kwargs.setdefault("mirror", redis_mirror)
+            out.append(RedisMihIndex(client, prefix=redis_prefix, substrings=substrings, **kwargs))
         return out
 
     try:
@@ -138,11 +147,25 @@ async def redis_replicas(
 
 
 @pytest.fixture
+async def redis_mirror_index(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisMihIndex]:
+    """A Redis index whose namespaces get the mirror layout."""
+    client = aioredis.Redis.from_url(redis_url)
+    index = RedisMihIndex(client, prefix=redis_prefix, substrings=TEST_SUBSTRINGS, mirror=True)
+    try:
+        yield index
+    finally:
+        try:
+            await _delete_prefix(client, redis_prefix)
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture
 def memory_index() -> MemoryIndex:
     return MemoryIndex()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis_mirror"])
 def index(request: pytest.FixtureRequest):
     """The same contract tests, run against each backend."""
     return request.getfixturevalue(f"{request.param}_index")

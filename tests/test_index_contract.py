@@ -1,4 +1,5 @@
-"""The `DedupIndex` contract, run against both backends (in-memory and Redis MIH)."""
+"""The `DedupIndex` contract, run against both backends (in-memory and Redis MIH, the
+latter in both of its layouts: bucket keys, and the replica-local mirror fed by a log)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ POLICY = Policy(duplicate_radius=8, review_radius=12)
 RADIUS = POLICY.review_radius
 decide_real = functools.partial(decide, policy=POLICY)
 NS = "contract"
+
+
+#: Redis tests about the bucket layout itself (m, probe expansion): not run on mirrors.
+BUCKET_LAYOUT_ONLY = {"test_redis_probe_expansion_matches_brute_force_for_every_substring_count"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that use the Redis fixtures directly run once per layout."""
+    if "redis_mirror" in metafunc.fixturenames and metafunc.function.__name__ not in BUCKET_LAYOUT_ONLY:
+        metafunc.parametrize("redis_mirror", [False, True], ids=["buckets", "mirror"])
 
 
 def always_accept(lookup: Lookup) -> Decision:
@@ -660,7 +671,7 @@ async def test_concurrent_same_id_different_bytes(index, near_codes):
 
 
 async def test_redis_crashed_registration_is_recovered_after_its_lease(redis_url, redis_prefix,
-                                                                       redis_index):
+                                                                       redis_index, redis_mirror):
     """A registrar that dies between its pending insert and its decision leaves a pending
     entry; a near-duplicate waits for it only until its lease expires."""
     import redis.asyncio as aioredis
@@ -676,7 +687,7 @@ async def test_redis_crashed_registration_is_recovered_after_its_lease(redis_url
 
     client = aioredis.Redis.from_url(redis_url)
     try:
-        crashing = Crashing(client, prefix=redis_prefix, substrings=4, lease_ms=300)
+        crashing = Crashing(client, prefix=redis_prefix, substrings=4, lease_ms=300, mirror=redis_mirror)
         rng = np.random.default_rng(42)
         code = random_code(rng)
         with pytest.raises(RuntimeError):
@@ -697,7 +708,7 @@ async def test_redis_crashed_registration_is_recovered_after_its_lease(redis_url
 
 
 async def test_redis_remove_racing_a_duplicate_leaves_no_stale_link(redis_url, redis_prefix,
-                                                                    redis_index):
+                                                                    redis_index, redis_mirror):
     """Replica B removes image K while replica A is deciding that X is a duplicate of K.
     Whatever the outcome for X, a *new* image later registered under the id K must not
     inherit X as its duplicate (the in-memory backend serialises the two operations, so
@@ -716,7 +727,7 @@ async def test_redis_remove_racing_a_duplicate_leaves_no_stale_link(redis_url, r
         async def run() -> None:
             client = aioredis.Redis.from_url(redis_url)
             try:
-                other = RedisMihIndex(client, prefix=redis_prefix, substrings=4)
+                other = RedisMihIndex(client, prefix=redis_prefix, substrings=4, mirror=redis_mirror)
                 assert await other.remove(NS, "K")
             finally:
                 await client.aclose()

@@ -3,7 +3,9 @@ sequence number): stale pending entries, the fenced finalize, and the waits.
 
 These drive real Redis; a registrar "crashing" or "stalling" is simulated by inserting a
 pending entry with the index's own script and never finalizing it, or by blocking a
-registrar inside its decide step while another replica proceeds.
+registrar inside its decide step while another replica proceeds. Each test runs on both
+Redis layouts: bucket keys, and the mirror layout (a log per namespace, applied by every
+replica to its own in-process table).
 """
 
 from __future__ import annotations
@@ -26,17 +28,28 @@ pytestmark = pytest.mark.integration
 NS = "race"
 POLICY = Policy(8, 12)
 DECIDE = partial(decide, policy=POLICY)
+#: About the bucket layout's byte format itself: not run on the mirror layout.
+BUCKET_LAYOUT_ONLY = {"test_strip_removes_only_record_aligned_matches", "test_strip_leaves_a_kept_image_alone"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "redis_mirror" in metafunc.fixturenames and metafunc.function.__name__ not in BUCKET_LAYOUT_ONLY:
+        metafunc.parametrize("redis_mirror", [False, True], ids=["buckets", "mirror"])
 
 
 async def insert_pending(index: RedisMihIndex, image_id: str, fingerprint, lease_ms: int) -> int:
-    """What a registrar does before it crashes: seq taken, codes in the buckets, pending."""
+    """What a registrar does before it crashes: seq taken, codes in the buckets (or the
+    namespace's log), pending."""
     m = await index.substrings(NS)
-    own = index._own_buckets(NS, fingerprint.codes, m)
-    packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
-    result = await index._insert(
-        keys=[index._key(NS, f"rec:{image_id}"), index._key(NS, "seq"), index._key(NS, "state"), *own],
-        args=[lease_ms, fingerprint.sha256_hex, image_id, *packed],
-    )
+    head = [index._key(NS, f"rec:{image_id}"), index._key(NS, "seq"), index._key(NS, "state")]
+    args = [lease_ms, fingerprint.sha256_hex, image_id]
+    if NS in index._log_meta:
+        codes = np.array(fingerprint.codes, dtype="<u8").tobytes()
+        result = await index._insert_log(keys=[*head, index._key(NS, "log")], args=[*args, codes])
+    else:
+        own = index._own_buckets(NS, fingerprint.codes, m)
+        packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
+        result = await index._insert(keys=[*head, *own], args=[*args, *packed])
     return int(result[0])
 
 
@@ -94,7 +107,9 @@ async def test_later_registrar_waits_for_earlier_pending_near_duplicate(redis_in
     assert (late.record.verdict, late.record.duplicate_of, late.record.distance) == (Verdict.DUPLICATE, "early", 2)
 
 
-async def test_stalled_registrar_is_fenced_out_and_retries(redis_url: str, redis_index: RedisMihIndex, redis_prefix: str) -> None:
+async def test_stalled_registrar_is_fenced_out_and_retries(
+    redis_url: str, redis_index: RedisMihIndex, redis_prefix: str, redis_mirror: bool
+) -> None:
     """Replica A stalls inside its decision longer than its lease; replica B removes A's
     pending entry and is accepted; A's finalize is refused, it restarts and is judged a
     duplicate of B. Exactly one accepted."""
@@ -103,13 +118,13 @@ async def test_stalled_registrar_is_fenced_out_and_retries(redis_url: str, redis
     fp_a = make_fingerprint(base, b"a")
     fp_b = make_fingerprint(flip_bits(base, 4, rng), b"b")
     client_a = aioredis.Redis.from_url(redis_url)
-    replica_a = RedisMihIndex(client_a, prefix=redis_prefix, substrings=4, lease_ms=300)
+    replica_a = RedisMihIndex(client_a, prefix=redis_prefix, substrings=4, lease_ms=300, mirror=redis_mirror)
     b_result: dict[str, object] = {}
 
     def run_replica_b() -> None:
         async def main() -> None:
             client = aioredis.Redis.from_url(redis_url)
-            replica_b = RedisMihIndex(client, prefix=redis_prefix, substrings=4)
+            replica_b = RedisMihIndex(client, prefix=redis_prefix, substrings=4, mirror=redis_mirror)
             try:
                 b_result["registration"] = await replica_b.register(NS, "b", fp_b, DECIDE, radius=12)
                 b_result["waits"] = replica_b.pending_waits
@@ -154,10 +169,13 @@ async def test_same_image_id_registered_concurrently_is_decided_once(redis_index
     assert sum(not r.replayed for r in results) == 1
     assert {(r.record.verdict, r.record.seq) for r in results} == {(Verdict.ACCEPTED, results[0].record.seq)}
     assert await redis_index.query(NS, fp.codes[0], radius=0) == [("img", 0)]
-    # No leftovers: exactly one record of the image in its own buckets.
+    # No leftovers: exactly one record of the image in its own buckets (or live in the log).
     m = await redis_index.substrings(NS)
-    for key in redis_index._own_buckets(NS, fp.codes, m):
-        assert len(await redis_index._redis.get(key)) == 12
+    if NS in redis_index._log_meta:
+        assert await _log_records(redis_index) == {(fp.codes[0], results[0].record.seq)}
+    else:
+        for key in redis_index._own_buckets(NS, fp.codes, m):
+            assert len(await redis_index._redis.get(key)) == 12
 
 
 async def test_reads_of_an_unknown_namespace_create_nothing(redis_index: RedisMihIndex, redis_prefix: str) -> None:
@@ -170,13 +188,13 @@ async def test_reads_of_an_unknown_namespace_create_nothing(redis_index: RedisMi
 
 
 async def test_burst_of_near_duplicates_resolves_in_seq_order(
-    redis_url: str, redis_prefix: str, redis_index: RedisMihIndex  # redis_index: cleans the prefix up
+    redis_url: str, redis_prefix: str, redis_index: RedisMihIndex, redis_mirror: bool  # redis_index: cleans up
 ) -> None:
     """150 copies of one photo at once, with a lease (1 s) shorter than the whole burst
     takes (~3.6 s on an idle machine): exactly one accepted, the earliest, whatever
     restarts a starved event loop may cause."""
     client = aioredis.Redis.from_url(redis_url, max_connections=400)
-    index = RedisMihIndex(client, prefix=redis_prefix, substrings=4, lease_ms=1000)
+    index = RedisMihIndex(client, prefix=redis_prefix, substrings=4, lease_ms=1000, mirror=redis_mirror)
     rng = np.random.default_rng(10)
     base = random_code(rng)
     fps = {f"copy{i:03d}": make_fingerprint(flip_bits(base, int(rng.integers(0, 4)), rng), f"c{i}".encode()) for i in range(150)}
@@ -193,7 +211,9 @@ async def test_burst_of_near_duplicates_resolves_in_seq_order(
     print(f"150-way burst resolved in {elapsed:.2f} s, {index.restarts} restarts")
 
 
-async def test_waiter_renews_its_lease_while_waiting(redis_index: RedisMihIndex, redis_url: str, redis_prefix: str) -> None:
+async def test_waiter_renews_its_lease_while_waiting(
+    redis_index: RedisMihIndex, redis_url: str, redis_prefix: str, redis_mirror: bool
+) -> None:
     """A registration waits 1.5 s for an earlier pending near-duplicate, with a 300 ms
     lease of its own: it must keep extending that lease (or a third replica would judge
     it dead), then finish without a restart."""
@@ -202,7 +222,7 @@ async def test_waiter_renews_its_lease_while_waiting(redis_index: RedisMihIndex,
     early = make_fingerprint(base, b"early")
     seq = await insert_pending(redis_index, "early", early, lease_ms=60_000)
     client = aioredis.Redis.from_url(redis_url)
-    waiter = RedisMihIndex(client, prefix=redis_prefix, substrings=4, lease_ms=300)
+    waiter = RedisMihIndex(client, prefix=redis_prefix, substrings=4, lease_ms=300, mirror=redis_mirror)
     task = asyncio.create_task(waiter.register(NS, "late", make_fingerprint(flip_bits(base, 2, rng), b"late"), DECIDE, radius=12))
     leases = []
     try:
@@ -223,7 +243,21 @@ async def test_waiter_renews_its_lease_while_waiting(redis_index: RedisMihIndex,
     assert waiter.restarts == 0 and waiter.pending_waits == 1
 
 
-# --- bucket hygiene: what duplicates and removals leave in the buckets ---------------------
+# --- bucket hygiene: what duplicates and removals leave in the buckets (or the log) ---------
+
+
+async def _log_records(index: RedisMihIndex) -> set[tuple[int, int]]:
+    """Every live (code, seq) of the namespace's log: adds without a later tombstone."""
+    from service.index.redis_mirror import decode_adds
+
+    live: dict[int, list[int]] = {}
+    for _id, fields in await index._redis.xrange(index._key(NS, "log")):
+        if b"a" in fields:
+            seqs, _counts, codes = decode_adds([fields[b"a"]])
+            live[int(seqs[0])] = codes.tolist()
+        else:
+            live.pop(int(fields[b"d"]), None)
+    return {(code, seq) for seq, codes in live.items() for code in codes}
 
 
 async def _bucket_records(index: RedisMihIndex, prefix: str) -> set[tuple[str, int, int]]:
@@ -255,6 +289,16 @@ async def test_buckets_hold_exactly_the_kept_images_after_concurrent_duplicates_
         assert await redis_index.remove(NS, image_id)
         del kept[image_id]
     m = await redis_index.substrings(NS)
+    if NS in redis_index._log_meta:
+        expected_log = {(code, record.seq) for record in kept.values() for code in record.indexed_codes}
+        assert await _log_records(redis_index) == expected_log
+        # ... and every replica's mirror, once caught up, holds exactly that.
+        for replica in replicas:
+            await replica.mirror.sync(NS)
+            table = replica.mirror.state(NS).table
+            live = table.alive[: table.size]
+            assert set(zip(table.codes[: table.size][live].tolist(), table.labels[: table.size][live].tolist())) == expected_log
+        return
     expected = {
         (key, code, record.seq)
         for record in kept.values()
@@ -280,3 +324,18 @@ async def test_strip_removes_only_record_aligned_matches(redis_index: RedisMihIn
     assert await redis_index._redis.get(key) == first + second
     await redis_index._strip(NS, {key: [0x1122334455667788]}, 77)  # idempotent
     assert await redis_index._redis.get(key) == first + second
+
+
+async def test_strip_leaves_a_kept_image_alone(redis_index: RedisMihIndex) -> None:
+    """A withdrawal that lost the race to its own finalize (the finalize ran, its reply
+    was lost to a cancellation) must not strip the now-kept image's records."""
+    record = np.zeros(1, dtype=[("code", "<u8"), ("seq", "<u4")])
+    record["code"], record["seq"] = 0x0102030405060708, 91
+    key = redis_index._bucket_key(NS, 0, 2)
+    await redis_index._redis.set(key, record.tobytes())
+    await redis_index._redis.hset(redis_index._key(NS, "state"), "91", "K|" + "0" * 64 + "|kept")
+    await redis_index._strip(NS, {key: [0x0102030405060708]}, 91)
+    assert await redis_index._redis.get(key) == record.tobytes()
+    await redis_index._redis.hdel(redis_index._key(NS, "state"), "91")
+    await redis_index._strip(NS, {key: [0x0102030405060708]}, 91)
+    assert await redis_index._redis.exists(key) == 0

@@ -16,6 +16,10 @@ state that many successful registrations of *kept* images would have left behind
 
 so that `RedisMihIndex.query()` and `.lookup()` work on it unchanged. Seqs are 1..N in
 the order of `codes`.
+
+The mirror layout (`IMGDEDUP_REDIS_MIRROR`) has no buckets: `write_meta(..., log=True)`
+marks the namespace, and `load_log` writes the stream `P:{ns}:log` with one add entry
+(seq u32 LE + code u64 LE) per seq, exactly what `_INSERT_PENDING_LOG` appends.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 
@@ -90,10 +95,45 @@ class BucketStats:
     values: list[np.ndarray] = field(default_factory=list, repr=False)
 
 
-def write_meta(client: Any, prefix: str, namespace: str, m: int, n: int) -> None:
+def write_meta(client: Any, prefix: str, namespace: str, m: int, n: int, *, log: bool = False) -> None:
     base = key_base(prefix, namespace)
-    client.set(base + "meta", json.dumps({"m": m, "algorithm": HASH_ALGORITHM, "bits": 64}))
+    meta = {"m": m, "algorithm": HASH_ALGORITHM, "bits": 64, **({"log": uuid4().hex} if log else {})}
+    client.set(base + "meta", json.dumps(meta))
     client.set(base + "seq", n)
+
+
+# KEYS[1]: the log. ARGV[1]: seq of the first code; ARGV[2]: codes (u64 LE), one per seq.
+# ~2,000 XADDs per call: a few ms of Redis time each (bulk loading only).
+_LOAD_LOG = """
+local seq = tonumber(ARGV[1])
+local codes = ARGV[2]
+for off = 1, #codes, 8 do
+  redis.call('XADD', KEYS[1], '*', 'a', struct.pack('<I4', seq) .. string.sub(codes, off, off + 7))
+  seq = seq + 1
+end
+return seq
+"""
+
+
+def load_log(
+    client: Any, prefix: str, namespace: str, codes: np.ndarray, *, first_seq: int = 1, per_call: int = 2000,
+    calls_per_flush: int = 25,
+) -> None:
+    """The mirror layout's stream: one add entry per code, seqs first_seq.. in order."""
+    key = key_base(prefix, namespace) + "log"
+    script = client.register_script(_LOAD_LOG)
+    packed = memoryview(np.ascontiguousarray(codes, dtype="<u8").tobytes())
+    pipe = client.pipeline(transaction=False)
+    queued = 0
+    for start in range(0, len(codes), per_call):
+        stop = min(len(codes), start + per_call)
+        script(keys=[key], args=[first_seq + start, packed[start * 8 : stop * 8]], client=pipe)
+        queued += 1
+        if queued >= calls_per_flush:
+            pipe.execute()
+            queued = 0
+    if queued:
+        pipe.execute()
 
 
 def load_buckets(

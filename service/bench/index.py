@@ -14,7 +14,13 @@ with the real `RedisMihIndex.query()`:
 - correctness: every baseline query's result compared with a numpy brute-force scan,
   and lookup() on stored images;
 - baselines in the same run on the same codes and queries: faiss IndexBinaryFlat
-  range_search and a numpy popcount scan (the in-memory backend's method).
+  range_search and a numpy popcount scan (the in-memory backend's method);
+- the mirror layout (`IMGDEDUP_REDIS_MIRROR`, `--layouts`): the codes bulk-loaded as the
+  namespace's Redis log instead of buckets, a cold replica's load of its in-process
+  table from the log, then the same `query()` measurements (each query includes its
+  catch-up round trip), a breakdown (catch-up / local table / state HMGET), queries with
+  a new registration appended to the log before each, memory (Redis per code, replica
+  table) and SLOWLOG.
 
 Everything this writes lives under a fresh `imgdedup-bench-index-<uuid>` prefix and is
 deleted (UNLINK + SCAN sweep) before it exits, also on failure or Ctrl-C.
@@ -503,6 +509,181 @@ async def measure_mih(
     return out
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def table_bytes(table: MihTable) -> int:
+    """Bytes held by a MihTable's arrays (allocated capacity, not only the used part)."""
+    names = ("codes", "labels", "alive", "_span_start", "_span_count", "_entries", "_entry_codes", "_offsets", "_keys")
+    return sum(getattr(table, name).nbytes for name in names if hasattr(table, name))
+
+
+async def measure_mirror(
+    ds: Dataset,
+    args: argparse.Namespace,
+    sync_client: Any,
+    prefix: str,
+    radii: list[int],
+    expected: dict[int, list[list[tuple[str, int]]]],
+    slowlog: SlowlogProbe,
+) -> dict[str, Any]:
+    """The mirror layout: Redis log + state, a cold replica's table load, then query()."""
+    from ..app import redis_client
+    from ..index.redis_mih import RedisMihIndex
+
+    n = len(ds.codes)
+    namespace = f"{ds.name}-{n}-mirror"
+    out: dict[str, Any] = {"distribution": ds.name, "n": n, "layout": "mirror"}
+    print("\n  mirror layout (IMGDEDUP_REDIS_MIRROR=true): Redis log + state; each replica an in-process MihTable",
+          flush=True)
+    wait_lazyfree(sync_client)
+    mem0 = redis_used_memory(sync_client)
+    started = time.perf_counter()
+    bulkload.write_meta(sync_client, prefix, namespace, 4, n, log=True)
+    bulkload.load_log(sync_client, prefix, namespace, ds.codes)
+    t_log = time.perf_counter() - started
+    mem1 = redis_used_memory(sync_client)
+    bulkload.load_state(sync_client, prefix, namespace, n, ds.labels)
+    t_redis = time.perf_counter() - started
+    mem2 = redis_used_memory(sync_client)
+    client = redis_client(Settings(redis_url=args.redis_url, max_in_flight=max(16, args.concurrency)))
+    force_parser(client, args.parser)
+    out["redis_parser"] = parser_name(client)
+    index = RedisMihIndex(client, prefix=prefix, substrings=4, mirror=True)
+    try:
+        await index.substrings(namespace, create=False)
+        rss0 = rss_bytes()
+        t0 = time.perf_counter()
+        await index.mirror.sync(namespace)  # what a cold replica's first request does
+        t_cold = time.perf_counter() - t0
+        state = index.mirror.state(namespace)
+        table = state.table
+        out["load"] = {"redis_log_seconds": round(t_log, 2), "redis_seconds": round(t_redis, 2),
+                       "mirror_cold_seconds": round(t_cold, 2), "mirror_codes_per_s": round(n / t_cold),
+                       "round_trips": index.mirror.round_trips, "table_m": table.substrings}
+        out["memory"] = {"log_bytes_per_code": round((mem1 - mem0) / n, 1),
+                         "state_bytes_per_code": round((mem2 - mem1) / n, 1),
+                         "total_bytes_per_code": round((mem2 - mem0) / n, 1),
+                         "total_mb": round((mem2 - mem0) / 2**20, 1),
+                         "replica_table_bytes_per_code": round(table_bytes(table) / n, 1),
+                         "replica_rss_delta_bytes_per_code": round((rss_bytes() - rss0) / n, 1)}
+        mem = out["memory"]
+        print(f"    load: Redis log {t_log:.1f} s (+ state: {t_redis:.1f} s); cold replica reads the log into its table in "
+              f"{t_cold:.1f} s ({n / t_cold:,.0f} codes/s, {index.mirror.round_trips} round trips, table m={table.substrings})",
+              flush=True)
+        print(f"    Redis memory: log {mem['log_bytes_per_code']} B/code + state hash {mem['state_bytes_per_code']} B/code "
+              f"= {mem['total_bytes_per_code']} B/code ({mem['total_mb']} MB); replica table {mem['replica_table_bytes_per_code']}"
+              f" B/code (RSS +{mem['replica_rss_delta_bytes_per_code']} B/code)", flush=True)
+
+        queries = ds.queries.tolist()
+        mismatches = checked = 0
+        for r in radii:
+            for q, want in zip(queries, expected[r]):
+                got = await index.query(namespace, q, radius=r)
+                checked += 1
+                if got != want:
+                    mismatches += 1
+                    if mismatches <= 3:
+                        print(f"    MISMATCH r={r} q={q:016x}: got {got[:5]}... ({len(got)}) want {want[:5]}... ({len(want)})")
+        lookups_ok, lookups = await check_lookups(index, namespace, ds, max(radii), args.lookup_checks)
+        out["verify"] = {"queries_checked": checked, "mismatches": mismatches,
+                         "lookups_checked": lookups, "lookup_mismatches": lookups - lookups_ok}
+        print(f"    verified: {checked} query() results vs numpy brute force, {mismatches} mismatches; "
+              f"{lookups} lookup() checks, {lookups - lookups_ok} mismatches", flush=True)
+
+        slowlog.reset()
+        per_radius: dict[str, Any] = {}
+        for r in radii:
+            per_radius[str(r)] = await measure_mirror_radius(index, sync_client, namespace, ds, queries, r, args)
+        out["radii"] = per_radius
+        out["with_writes"] = await measure_mirror_with_writes(index, sync_client, prefix, namespace, ds, queries, args)
+        conc = await measure_concurrent(index, namespace, queries, args.radius, args.concurrency)
+        out["concurrent"] = conc
+        out["slowlog"] = slowlog.read()
+        print(f"    concurrency {args.concurrency} at r={args.radius}: {conc['queries_per_s']:,.0f} queries/s, "
+              f"{fmt_lat(conc['latency'])}", flush=True)
+        sl = out["slowlog"]
+        print(f"    SLOWLOG (> {sl['threshold_us']} us) during the queries: {sl['entries']} of our commands, "
+              f"longest {sl['max_us']} us {sl.get('max_command', '')}", flush=True)
+    finally:
+        await index.close()
+        del index
+        started = time.perf_counter()
+        delete_prefix_sync(sync_client, f"{prefix}:{{{namespace}}}")
+        out["free_seconds"] = round(time.perf_counter() - started, 2)
+    return out
+
+
+async def measure_mirror_radius(
+    index: Any, sync_client: Any, namespace: str, ds: Dataset, queries: list[int], r: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    times = []
+    hits = []
+    started = time.perf_counter()
+    for q in queries:
+        t0 = time.perf_counter()
+        result = await index.query(namespace, q, radius=r)
+        times.append(time.perf_counter() - t0)
+        hits.append(len(result))
+    wall = time.perf_counter() - started
+    t_sync, t_near, t_states, found = [], [], [], []
+    before = command_stats(sync_client)
+    for q in queries[: args.breakdown_queries]:
+        t0 = time.perf_counter()
+        await index.mirror.sync(namespace)
+        t1 = time.perf_counter()
+        near = index.mirror.near(namespace, (q,), r)
+        t2 = time.perf_counter()
+        await index._states(namespace, list(near))
+        t3 = time.perf_counter()
+        t_sync.append(t1 - t0)
+        t_near.append(t2 - t1)
+        t_states.append(t3 - t2)
+        found.append(len(near))
+    after = command_stats(sync_client)
+    lat = latency_summary(times)
+    out = {
+        "query": lat,
+        "queries_per_s": round(len(queries) / wall, 1),
+        "hits_mean": round(float(np.mean(hits)), 2),
+        "breakdown": {
+            "queries": len(t_sync),
+            "catch_up": latency_summary(t_sync),
+            "xrange_server_us": server_usec_per_call(before, after, "xrange"),
+            "local_table": latency_summary(t_near),
+            "states_hmget": latency_summary(t_states),
+            "candidates_mean": round(float(np.mean(found)), 2),
+        },
+    }
+    b = out["breakdown"]
+    print(f"    r={r:>2}: query() {fmt_lat(lat)}  {out['queries_per_s']:8.1f} q/s  hits {out['hits_mean']:.1f}", flush=True)
+    print(f"           catch-up {b['catch_up']['p50_ms']:.3f} ms (XRANGE server {b['xrange_server_us']} us) + local table "
+          f"{b['local_table']['p50_ms']:.3f} ms (p99 {b['local_table']['p99_ms']:.3f}) + HMGET "
+          f"{b['states_hmget']['p50_ms']:.3f} ms (p50s)", flush=True)
+    return out
+
+
+async def measure_mirror_with_writes(
+    index: Any, sync_client: Any, prefix: str, namespace: str, ds: Dataset, queries: list[int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """query() with one new registration appended to the log before each: the catch-up
+    then fetches and applies one entry (another replica registered meanwhile)."""
+    rng = np.random.default_rng(args.seed + 1)
+    new = uniform_codes(rng, len(queries))
+    n = len(ds.codes)
+    times = []
+    for i, q in enumerate(queries):
+        bulkload.load_log(sync_client, prefix, namespace, new[i : i + 1], first_seq=n + 1 + i)
+        t0 = time.perf_counter()
+        await index.query(namespace, q, radius=args.radius)
+        times.append(time.perf_counter() - t0)
+    lat = latency_summary(times)
+    print(f"    r={args.radius:>2}, one new log entry before each query: query() {fmt_lat(lat)}", flush=True)
+    return {"radius": args.radius, "query": lat, "entries_appended": len(queries)}
+
+
 async def check_lookups(index: Any, namespace: str, ds: Dataset, radius: int, count: int) -> tuple[int, int]:
     """lookup() of stored images: the image itself (exact, distance 0) and every stored
     code within `radius`, as a brute-force scan finds them."""
@@ -669,8 +850,12 @@ async def bench_dataset(
     result: dict[str, Any] = {"distribution": ds.name, "n": n, "note": ds.note, "real_codes": ds.real_codes,
                               "faiss_build_seconds": round(faiss_build, 2), "faiss_threads": threads,
                               "baselines": baselines, "mih": []}
-    for m in substring_choices(args.substrings, n):
-        result["mih"].append(await measure_mih(ds, m, args, sync_client, prefix, radii, expected, slowlog))
+    layouts = {x.strip() for x in args.layouts.split(",")}
+    if "buckets" in layouts:
+        for m in substring_choices(args.substrings, n):
+            result["mih"].append(await measure_mih(ds, m, args, sync_client, prefix, radii, expected, slowlog))
+    if "mirror" in layouts:
+        result["mirror"] = await measure_mirror(ds, args, sync_client, prefix, radii, expected, slowlog)
     return result
 
 
@@ -680,7 +865,31 @@ def substring_choices(spec: str, n: int) -> list[int]:
     return parse_int_list(spec)
 
 
+def mirror_table(results: list[dict[str, Any]], radius: int) -> None:
+    rows = [res for res in results if "mirror" in res and str(radius) in res["mirror"].get("radii", {})]
+    if not rows:
+        return
+    print(f"\nmirror layout at r = {radius} (ms; query() = catch-up round trip + local MihTable + state HMGET, sequential)")
+    print(f"  {'distribution':<10} {'N':>11} {'p50':>6} {'p99':>6} {'catch-up':>8} {'local p50/p99':>14} "
+          f"{'+1 write p50/p99':>16} {'q/s x8':>7} {'faiss p50':>9} {'vs faiss':>8} {'log B/code':>10} "
+          f"{'+state':>7} {'replica B/code':>14} {'Redis load s':>12} {'cold load s':>11} {'slowest cmd us':>14}")
+    for res in rows:
+        mir = res["mirror"]
+        rr = mir["radii"][str(radius)]
+        b = rr["breakdown"]
+        faiss = res["baselines"].get(str(radius), {}).get("faiss_flat", {}).get("p50_ms", float("nan"))
+        ww = mir["with_writes"]["query"]
+        print(f"  {res['distribution']:<10} {res['n']:>11,} {rr['query']['p50_ms']:>6.3f} {rr['query']['p99_ms']:>6.3f} "
+              f"{b['catch_up']['p50_ms']:>8.3f} {b['local_table']['p50_ms']:>6.3f} / {b['local_table']['p99_ms']:>5.3f} "
+              f"{ww['p50_ms']:>7.3f} / {ww['p99_ms']:>6.3f} {mir['concurrent']['queries_per_s']:>7.0f} {faiss:>9.2f} "
+              f"{faiss / rr['query']['p50_ms']:>7.1f}x {mir['memory']['log_bytes_per_code']:>10.1f} "
+              f"{mir['memory']['total_bytes_per_code']:>7.1f} {mir['memory']['replica_table_bytes_per_code']:>14.1f} "
+              f"{mir['load']['redis_seconds']:>12.1f} {mir['load']['mirror_cold_seconds']:>11.1f} {mir['slowlog']['max_us']:>14}")
+
+
 def radius_table(results: list[dict[str, Any]]) -> None:
+    if not any(res["mih"] for res in results):
+        return
     print("\nquery() p50 ms by radius (sequential; in brackets: faiss IndexBinaryFlat p50 on the same queries)")
     radii = sorted({int(r) for res in results for mih in res["mih"] for r in mih["radii"]})
     print(f"  {'distribution':<10} {'N':>11} {'m':>2} " + " ".join(f"{'r=' + str(r):>16}" for r in radii))
@@ -695,6 +904,8 @@ def radius_table(results: list[dict[str, Any]]) -> None:
 
 
 def summary_table(results: list[dict[str, Any]], radius: int) -> None:
+    if not any(res["mih"] for res in results):
+        return
     print(f"\nsummary at r = {radius} (p50 / p99 ms; MIH = RedisMihIndex.query(), sequential)")
     print(f"  {'distribution':<10} {'N':>11} {'m':>2} {'probes':>6} {'MIH p50':>8} {'MIH p99':>8} {'MGET p50':>8} "
           f"{'q/s x8':>8} {'B/code':>7} {'load s':>7} {'faiss p50':>9} {'numpy p50':>9} {'in-proc MIH p50/p99':>20}")
@@ -720,7 +931,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     radii = sorted(set(parse_int_list(args.radii)) | {args.radius})
     distributions = [d.strip() for d in args.distributions.split(",") if d.strip()]
     prefix = bench_prefix("index")
-    print(f"index benchmark: Redis MIH ({args.redis_url}, prefix {prefix}) vs faiss IndexBinaryFlat and numpy scan; "
+    print(f"index benchmark: Redis MIH ({args.redis_url}, prefix {prefix}; layouts {args.layouts}) vs faiss "
+          "IndexBinaryFlat and numpy scan; "
           f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, hash {HASH_ALGORITHM}")
     print(f"redis-py reply parser for query(): {args.parser} (hiredis installed: {hiredis_available()})")
     print(f"sizes {sizes}, radii {radii} (main {args.radius}), substrings {args.substrings}, {args.queries} queries "
@@ -759,10 +971,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sync_client.close()
         print(f"\ncleaned up: prefix {prefix} swept ({leftover} leftover keys unlinked)")
     summary_table(results, args.radius)
+    mirror_table(results, args.radius)
     radius_table(results)
     return {"bench": "index", "suggested_m": {str(n): suggest_substrings(n) for n in sizes}, "redis_version": redis_version, "cores": os.cpu_count(), "hash_algorithm": HASH_ALGORITHM,
             "config": {"sizes": sizes, "radii": radii, "radius": args.radius, "substrings": args.substrings,
-                       "queries": args.queries, "baseline_queries": args.baseline_queries,
+                       "queries": args.queries, "baseline_queries": args.baseline_queries, "layouts": args.layouts,
                        "concurrency": args.concurrency, "clusters": args.clusters, "cluster_bits": args.cluster_bits,
                        "max_probes_service": MAX_PROBES},
             "corpus": corpus_info, "results": results}
@@ -773,6 +986,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--radius", type=int, default=DEFAULT_REVIEW_RADIUS,
                         help="main radius (concurrency run, summary); default: the service's review radius")
     parser.add_argument("--radii", default="4,8,10,12", help="radius sweep (sequential latency, baselines)")
+    parser.add_argument("--layouts", default="buckets,mirror",
+                        help="Redis layouts to measure: buckets (one MGET of the probed buckets), mirror (log + in-process table)")
     parser.add_argument("--substrings", default="auto",
                         help="substring counts m to load, e.g. 3,4,5; auto = suggest_substrings(N) and the service default")
     parser.add_argument("--distributions", default="uniform,clustered,real", help="uniform, clustered, real")
@@ -802,7 +1017,8 @@ def main(args: argparse.Namespace) -> int:
         args.baseline_queries = args.queries
     line = asyncio.run(run(args))
     print_json_line(line)
-    bad = sum(m["verify"]["mismatches"] + m["verify"]["lookup_mismatches"] for r in line["results"] for m in r["mih"])
+    bad = sum(m["verify"]["mismatches"] + m["verify"]["lookup_mismatches"]
+              for r in line["results"] for m in [*r["mih"], *([r["mirror"]] if "mirror" in r else [])])
     if bad:
         print(f"imgdedup bench index: {bad} results differ from the brute-force scan", file=sys.stderr)
         return 1

@@ -260,6 +260,40 @@ class MihTable:
         if self.tail > max(self._tail_min, self.indexed // 8) and self.size >= self._next_check:
             self._refresh()
 
+    def add_many(self, labels: np.ndarray, counts: np.ndarray, codes: np.ndarray) -> None:
+        """`add` for many labels at once (a bulk load, ~100x fewer Python steps):
+        labels[i] owns the next counts[i] of `codes`, in order. All or nothing."""
+        labels = np.asarray(labels, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
+        values = np.asarray(codes, dtype=np.uint64)
+        if len(labels) == 0:
+            return
+        if len(counts) != len(labels) or int(counts.sum()) != len(values) or int(counts.min()) < 0:
+            raise ValueError("counts must be >= 0, one per label, summing to the number of codes")
+        if int(labels.min()) < 0:
+            raise ValueError("labels must be >= 0")
+        if len(np.unique(labels)) != len(labels):
+            raise ValueError("labels must be distinct")
+        top = int(labels.max())
+        if top >= len(self._span_count):
+            self._span_start = _grow(self._span_start, top + 1, len(self._span_start))
+            self._span_count = _grow(self._span_count, top + 1, len(self._span_count))
+        taken = labels[self._span_count[labels] != 0]
+        if len(taken):
+            raise ValueError(f"label {int(taken[0])} is already in the table")
+        end = self.size + len(values)
+        self.codes = _grow(self.codes, end, self.size)
+        self.labels = _grow(self.labels, end, self.size)
+        self.alive = _grow(self.alive, end, self.size)
+        self.codes[self.size : end] = values
+        self.labels[self.size : end] = np.repeat(labels, counts)
+        self.alive[self.size : end] = True
+        self._span_start[labels] = self.size + np.cumsum(counts) - counts
+        self._span_count[labels] = counts
+        self.size = end
+        if self.tail > max(self._tail_min, self.indexed // 8) and self.size >= self._next_check:
+            self._refresh()
+
     def remove(self, label: int) -> int:
         """Tombstone the codes of `label`; returns how many. Compacts when over half dead."""
         if not 0 <= label < len(self._span_count) or not self._span_count[label]:

@@ -12,6 +12,9 @@ one Redis Cluster slot and its scripts are legal there):
     P:{ns}:sha:<hex>       seq of the kept image with these exact bytes (exact tier)
     P:{ns}:rec:<image_id>  JSON ImageRecord (every decided image, for replay and GET)
     P:{ns}:dups:<image_id> sorted set (score seq) of images judged duplicate/review of it
+    P:{ns}:log             mirror namespaces only (meta "log"), instead of the buckets: a
+                           stream of (seq, codes) adds and seq tombstones that every replica
+                           applies to an in-process table (`redis_mirror.RedisMirror`)
 
 Reads: every probed bucket with ONE MGET, candidates verified in numpy client-side,
 their state with one HMGET. One SET per bucket plus a fetch per candidate was measured
@@ -46,6 +49,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -63,6 +67,7 @@ from .base import (
     validate_image_id,
     validate_namespace,
 )
+from .redis_mirror import RedisMirror
 
 # KEYS: rec, seq, state, own buckets...  ARGV: lease_ms, sha, image_id, codes per bucket...
 # Returns {0, stored_record} when the image_id is already decided, else {seq, payload, now_ms}.
@@ -83,6 +88,23 @@ end
 local payload = 'P|' .. (now + tonumber(ARGV[1])) .. '|' .. ARGV[2] .. '|' .. ARGV[3]
 redis.call('HSET', KEYS[3], seq, payload)
 return {seq, payload, now}
+"""
+
+# Mirror namespaces: the same, with one stream entry (seq u32 LE + the image's codes,
+# u64 LE) instead of the bucket appends, in the same atomic step as the INCR, so the
+# log holds the registrations in seq order. KEYS: rec, seq, state, log.
+# ARGV: lease_ms, sha, image_id, codes. Returns {seq, payload, now_ms, log entry id}.
+_INSERT_PENDING_LOG = """
+local rec = redis.call('GET', KEYS[1])
+if rec then return {0, rec} end
+local seq = redis.call('INCR', KEYS[2])
+if seq > 4294967295 then return redis.error_reply('namespace sequence exhausted (2^32 registrations)') end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = redis.call('XADD', KEYS[4], '*', 'a', struct.pack('<I4', seq) .. ARGV[4])
+local payload = 'P|' .. (now + tonumber(ARGV[1])) .. '|' .. ARGV[2] .. '|' .. ARGV[3]
+redis.call('HSET', KEYS[3], seq, payload)
+return {seq, payload, now, id}
 """
 
 # KEYS: state, rec, dups-of-target, sha  ARGV: seq, expected payload, new state ('' = none),
@@ -107,13 +129,17 @@ return 1
 """
 
 # Remove one image's records from its own buckets (a duplicate, a withdrawn or removed
-# registration). KEYS: the buckets. ARGV[1]: the seq (u32 LE); ARGV[i + 1]: the 8-byte
-# codes that live in KEYS[i]. Each record is found by a plain (C-speed) search for its
-# exact 12 bytes at a record boundary: O(bucket bytes), no Lua loop over candidates, and
-# atomic, so concurrent appends to the same buckets cannot make it retry.
+# registration). KEYS[1]: the state hash, then the buckets. ARGV[1]: the seq (u32 LE),
+# ARGV[2]: the seq (decimal); ARGV[i + 1]: the 8-byte codes that live in KEYS[i]. Each
+# record is found by a plain (C-speed) search for its exact 12 bytes at a record
+# boundary: O(bucket bytes), no Lua loop over candidates, and atomic, so concurrent
+# appends to the same buckets cannot make it retry. Every caller deletes the seq's state
+# first; a state still there means the image is kept (e.g. a withdrawal that lost the
+# race to its own finalize, whose reply never arrived) and nothing is stripped: 0.
 _STRIP = """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 0 end
 local tail = ARGV[1]
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   local blob = redis.call('GET', KEYS[i])
   if blob then
     local changed = false
@@ -138,6 +164,16 @@ for i = 1, #KEYS do
     end
   end
 end
+return 1
+"""
+
+# Mirror namespaces' _STRIP: a tombstone for the seq, appended only if the seq has no
+# state left (every caller deletes it first): a kept image is never dropped from the
+# mirrors, e.g. by a withdrawal that lost the race to its own successful finalize.
+# KEYS: state, log. ARGV: seq. 1 = appended.
+_TOMBSTONE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'd', ARGV[1])
 return 1
 """
 
@@ -197,6 +233,7 @@ class RedisMihIndex:
         substrings: int = 4,
         lease_ms: int = 15_000,
         max_attempts: int = 32,
+        mirror: bool = False,
     ) -> None:
         self._redis = client
         self._prefix = prefix
@@ -204,6 +241,13 @@ class RedisMihIndex:
         self._lease_ms = lease_ms
         self._max_attempts = max_attempts
         self._m_cache: dict[str, int] = {}
+        # New namespaces get the mirror layout (a log, no buckets). Existing ones keep the
+        # layout their meta records, whatever this replica is configured with.
+        self._mirror_new = mirror
+        self._log_meta: dict[str, bytes] = {}  # mirror namespaces -> their meta
+        self.mirror = RedisMirror(client, self._key)
+        self._insert_log = client.register_script(_INSERT_PENDING_LOG)
+        self._tombstone = client.register_script(_TOMBSTONE)
         self._insert = client.register_script(_INSERT_PENDING)
         self._finalize = client.register_script(_FINALIZE)
         self._cas_delete = client.register_script(_CAS_DELETE)
@@ -221,6 +265,8 @@ class RedisMihIndex:
         return self._key(namespace, f"b{j}:{value:x}")
 
     def _probe_keys(self, namespace: str, codes: Iterable[int], radius: int, m: int) -> list[str]:
+        if namespace in self._log_meta:
+            return []  # mirror namespace: no buckets, `_near` asks the mirror
         keys: dict[str, None] = {}
         for code in codes:
             for j, value in probes(code, radius, m):
@@ -243,7 +289,9 @@ class RedisMihIndex:
         if m is not None:
             return m
         meta_key = self._key(namespace, "meta")
-        wanted = json.dumps({"m": self._default_m, "algorithm": HASH_ALGORITHM, "bits": 64})
+        wanted = json.dumps(
+            {"m": self._default_m, "algorithm": HASH_ALGORITHM, "bits": 64, **({"log": uuid4().hex} if self._mirror_new else {})}
+        )
         if create:
             await self._redis.set(meta_key, wanted, nx=True)
         raw = await self._redis.get(meta_key)
@@ -256,21 +304,46 @@ class RedisMihIndex:
                 f"computes {HASH_ALGORITHM}: re-index it or use another namespace/prefix"
             )
         m = int(meta["m"])
+        if meta.get("log"):
+            self._log_meta[namespace] = raw
         self._m_cache[namespace] = m
         return m
 
     # --- reads -------------------------------------------------------------------------
     async def _near(
-        self, namespace: str, codes: tuple[int, ...], keys: list[str], radius: int, sha_hex: str | None = None
+        self, namespace: str, codes: tuple[int, ...], keys: list[str], radius: int, sha_hex: str | None = None,
+        *, upto: bytes | None = None,
     ) -> dict[int, int]:
         """{seq: distance} of every record in the probed buckets within `radius`; with
-        `sha_hex`, the kept image with those exact bytes is included at distance 0."""
+        `sha_hex`, the kept image with those exact bytes is included at distance 0.
+        Mirror namespaces (no buckets, `keys` empty): the same from this replica's mirror,
+        first caught up to `upto` (a registration's own log entry: every lower seq is
+        before it) or to the log's current end."""
+        if namespace in self._log_meta:
+            return await self._near_mirror(namespace, codes, radius, sha_hex, upto)
         sha_keys = [self._key(namespace, f"sha:{sha_hex}")] if sha_hex else []
         if not keys and not sha_keys:
             return {}
         values = await self._redis.mget([*sha_keys, *keys])
         present = [b for b in values[len(sha_keys):] if b]
         near = nearest_per_seq(unpack_records(b"".join(present)), codes, radius) if present else {}
+        if sha_keys and values[0]:
+            near[int(values[0])] = 0
+        return near
+
+    async def _near_mirror(
+        self, namespace: str, codes: tuple[int, ...], radius: int, sha_hex: str | None, upto: bytes | None
+    ) -> dict[int, int]:
+        sha_keys = [self._key(namespace, f"sha:{sha_hex}")] if sha_hex else []
+        meta, values = await self.mirror.sync(namespace, upto=upto, reads=sha_keys)
+        if meta != self._log_meta.get(namespace):
+            # Dropped or re-created since its parameters were read: read them again.
+            self._m_cache.pop(namespace, None)
+            self._log_meta.pop(namespace, None)
+            if meta is None and upto is None:
+                return {}
+            raise ContentionError(f"namespace {namespace!r} was dropped or re-created meanwhile: retry")
+        near = self.mirror.near(namespace, codes, radius)
         if sha_keys and values[0]:
             near[int(values[0])] = 0
         return near
@@ -365,19 +438,17 @@ class RedisMihIndex:
         rec_key = self._key(namespace, f"rec:{image_id}")
         state_key = self._key(namespace, "state")
         own = self._own_buckets(namespace, fp.indexed_codes, m)
-        packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
-        result = await self._insert(
-            keys=[rec_key, self._key(namespace, "seq"), state_key, *own],
-            args=[self._lease_ms, fp.sha256_hex, image_id, *packed],
-        )
+        result = await self._insert_pending(namespace, rec_key, state_key, image_id, fp, own)
         if int(result[0]) == 0:
             return _replay(ImageRecord.from_json(result[1]), fp, image_id)
         seq, payload, now_ms = int(result[0]), result[1], int(result[2])
+        upto = result[3] if len(result) > 3 else None  # mirror namespaces: our log entry
         clock = _RedisClock(now_ms)
         own_lease: _OwnLease | None = None
         try:
             near = await self._near(
-                namespace, fp.query_codes, self._probe_keys(namespace, fp.query_codes, radius, m), radius, fp.sha256_hex
+                namespace, fp.query_codes, self._probe_keys(namespace, fp.query_codes, radius, m), radius, fp.sha256_hex,
+                upto=upto,
             )
             near.pop(seq, None)
             earlier = {s: d for s, d in near.items() if s < seq}
@@ -477,13 +548,36 @@ class RedisMihIndex:
         except Exception as exc:  # best effort: the lease expires and waiters clean it up
             log.warning("could not withdraw pending registration %s: %r", seq, exc)
 
+    async def _insert_pending(
+        self, namespace: str, rec_key: str, state_key: str, image_id: str, fp: Fingerprint, own: dict[str, list[int]]
+    ) -> Any:
+        """The INSERT_PENDING step of the namespace's layout: its own buckets, or its log."""
+        if namespace in self._log_meta:
+            codes = np.array(list(dict.fromkeys(fp.indexed_codes)), dtype="<u8").tobytes()
+            return await self._insert_log(
+                keys=[rec_key, self._key(namespace, "seq"), state_key, self._key(namespace, "log")],
+                args=[self._lease_ms, fp.sha256_hex, image_id, codes],
+            )
+        packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
+        return await self._insert(
+            keys=[rec_key, self._key(namespace, "seq"), state_key, *own],
+            args=[self._lease_ms, fp.sha256_hex, image_id, *packed],
+        )
+
     async def _strip(self, namespace: str, own: dict[str, list[int]], seq: int) -> None:
-        """Remove the records of `seq` from its own buckets (bucket key -> its codes there)."""
+        """Remove the records of `seq` from its own buckets (bucket key -> its codes there);
+        in a mirror namespace, append its tombstone to the log (once its state is gone)."""
+        if namespace in self._log_meta:
+            await self._tombstone(keys=[self._key(namespace, "state"), self._key(namespace, "log")], args=[seq])
+            return
         if not own:
             return
         await self._strip_script(
-            keys=list(own),
-            args=[np.array([seq], dtype="<u4").tobytes(), *(np.array(codes, dtype="<u8").tobytes() for codes in own.values())],
+            keys=[self._key(namespace, "state"), *own],
+            args=[
+                np.array([seq], dtype="<u4").tobytes(), str(seq),
+                *(np.array(codes, dtype="<u8").tobytes() for codes in own.values()),
+            ],
         )
 
     async def remove(self, namespace: str, image_id: str) -> bool:
@@ -529,6 +623,7 @@ class RedisMihIndex:
         await self._redis.ping()
 
     async def close(self) -> None:
+        self.mirror.clear()
         await self._redis.aclose()
 
     async def drop_namespace(self, namespace: str, batch: int = 1000) -> int:
@@ -538,6 +633,8 @@ class RedisMihIndex:
         async for keys in _batched(self._redis.scan_iter(match=self._key(namespace, "*"), count=batch), batch):
             deleted += await self._redis.unlink(*keys)
         self._m_cache.pop(namespace, None)
+        self._log_meta.pop(namespace, None)
+        self.mirror.forget(namespace)
         return deleted
 
 
