@@ -64,8 +64,9 @@ class Settings:
         "appended to a Redis stream per namespace and every replica answers near queries from "
         "its own in-process multi-index table of the namespace, caught up from the stream "
         "before each query (one small round trip instead of an MGET of ~1,100 keys). Redis "
-        "holds ~9 B per indexed code (26 B with one code per image) instead of 56-93 B of "
-        "buckets (m = 4); each replica holds ~75-90 B per code, reads the whole stream on its "
+        "holds 26 B per code with one code per image (fewer per code for images with crop "
+        "windows) instead of 56-93 B of buckets (m = 4); each replica holds ~75-90 B per "
+        "code, reads the whole stream on its "
         "first request for a namespace, and the stream is never compacted. Existing namespaces "
         "keep their layout. Turn on only once every replica runs a version that knows it "
         "(docs/design.md)."
@@ -270,8 +271,9 @@ class Settings:
                 f"{PREFIX}REDIS_MIRROR=true needs {PREFIX}REDIS_URL: it is a layout of the Redis "
                 "index (the in-memory index is a local table already)"
             )
-        # Mirror namespaces probe a local table, not Redis keys: the limit is for buckets.
-        if 1 <= self.mih_substrings <= 8 and 0 <= self.review_radius <= 32 and not self.redis_mirror:
+        # Kept with the mirror layout too: namespaces created before it (or by replicas
+        # with it off) keep their buckets and are still probed with one MGET per query.
+        if 1 <= self.mih_substrings <= 8 and 0 <= self.review_radius <= 32:
             probed = probe_count(self.review_radius, self.mih_substrings)
             if probed > MAX_PROBES:
                 problems.append(

@@ -87,4 +87,6 @@ def similarity(query: bytes, stored: bytes, *, symmetries: bool = False) -> floa
     stored_views = _normalised(np.concatenate([np.stack([_halve(s[0]), _halve(s[1])]), windows]))
     query = np.stack([_halve(q[0]), _halve(q[1])])
     query_views = _normalised(_symmetries(query) if symmetries else query)
+    if not query_views.any() or not stored_views.any():
+        return None  # no view with any shape on one side: nothing to compare, distance decides
     return float((stored_views @ query_views.T).max())

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from helpers import sample_image
 from PIL import Image
 
-from service.decisions import Policy, Verdict, decide
+from service.decisions import Decision, Policy, Verdict, decide
 from service.hashing import ImageLimits, fingerprint
+from service.index.base import ImageRecord
 
 NS = "verify"
 # Whole-image codes only, so a small crop lands between the two radii.
@@ -69,3 +71,13 @@ async def test_redis_records_carry_thumbnails_of_kept_images_only(redis_index):
     raw = await redis_index._redis.get(redis_index._key(NS, "rec:orig"))
     assert b'"thumbnail":"' in raw and (await redis_index.get(NS, "orig")).thumbnail == original.thumbnail
     assert (await redis_index.get(NS, "copy")).thumbnail == b""
+
+
+def test_records_from_json_of_older_and_newer_versions():
+    record = ImageRecord.build(NS, "a", fp_of(sample_image("camera")), Decision(Verdict.ACCEPTED), 1, None)
+    data = json.loads(record.to_json())
+    older = {k: v for k, v in data.items() if k not in ("thumbnail", "similarity")}
+    parsed = ImageRecord.from_json(json.dumps(older))
+    assert (parsed.thumbnail, parsed.similarity, parsed.codes) == (b"", None, record.codes)
+    newer = {**data, "field_of_a_later_version": 1}
+    assert ImageRecord.from_json(json.dumps(newer)) == record

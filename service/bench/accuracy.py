@@ -230,18 +230,9 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
             accept = {expected, canonical.get(expected or "", expected)} if expected else set()
             named = result.decision.duplicate_of if result.decision is not None else None
             query_name = Path(str(entry["path"])).name
-            tallied = [tallies[family], per_variant[f"{family}/{name}"]]
-            if expected is None:
-                # A negative with a partner among the registered originals that is the
-                # same picture (a by-eye reviewed pair) or of the star polygon family is
-                # counted in rows of its own instead, and in the "all counted" row with
-                # every other negative.
-                if any(counted_apart(query_name, i) for i in registered):
-                    tallied = [tallies[f"{family} (same picture or star family)"]]
-                tallied.append(tallies[f"{family} (all counted)"])
-            for tally in tallied:
-                tally.queries += 1
-                if expected is not None:
+            if expected is not None:
+                for tally in (tallies[family], per_variant[f"{family}/{name}"]):
+                    tally.queries += 1
                     if result.verdict == CheckVerdict.DUPLICATE and named in accept:
                         tally.ours_duplicate += 1
                     elif result.verdict == CheckVerdict.REVIEW and named in accept:
@@ -249,13 +240,36 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                     for baseline_name, ids in found.items():
                         if ids & accept:
                             tally.baselines[baseline_name] += 1
-                else:
-                    if result.verdict == CheckVerdict.DUPLICATE:
-                        tally.ours_duplicate += 1
-                    elif result.verdict == CheckVerdict.REVIEW:
-                        tally.ours_review += 1
+            else:
+                # Every negative is counted. A match with its partner among the originals
+                # (the same picture, reviewed by eye, or another member of the star
+                # polygon family) is not a false positive: it is counted in a row of its
+                # own instead. The "all counted" row excuses nothing.
+                partners = {i for i in registered if counted_apart(query_name, i)}
+                rows: list[tuple[Tally, set[str]]] = [
+                    (tallies[family], partners), (per_variant[f"{family}/{name}"], partners),
+                    (tallies[f"{family} (all counted)"], set()),
+                ]
+                for tally, excused in rows:
+                    tally.queries += 1
+                    if named not in excused:
+                        if result.verdict == CheckVerdict.DUPLICATE:
+                            tally.ours_duplicate += 1
+                        elif result.verdict == CheckVerdict.REVIEW:
+                            tally.ours_review += 1
                     for baseline_name, ids in found.items():
-                        if ids:
+                        if ids - excused:
+                            tally.baselines[baseline_name] += 1
+                if partners:
+                    tally = tallies[f"{family} (matching a partner: same picture or star family)"]
+                    tally.queries += 1
+                    if named in partners:
+                        if result.verdict == CheckVerdict.DUPLICATE:
+                            tally.ours_duplicate += 1
+                        elif result.verdict == CheckVerdict.REVIEW:
+                            tally.ours_review += 1
+                    for baseline_name, ids in found.items():
+                        if ids & partners:
                             tally.baselines[baseline_name] += 1
             if family == "negative" and result.verdict != CheckVerdict.UNIQUE and result.decision is not None:
                 false_positives.append({
@@ -330,10 +344,10 @@ def _markdown(result: dict[str, object], config: dict[str, object]) -> str:
         "images never registered. Recall rows: share of variants answered `duplicate` of their original "
         "(imgdedup) or with their original within the threshold (baselines, brute force). The `negative` row is "
         "the false-positive rate: share of never-registered images (raw, and halved at JPEG q50) that matched "
-        "anything. Negatives with a partner among the originals that is the same picture (pairs reviewed by "
-        "eye) or a member of the generated star polygon family (thin-line rings that differ in width; "
-        "`service/bench/lookalikes.py`) are counted in a row of their own; the `all counted` row counts every "
-        "negative.",
+        "anything other than its partner: a registered original that is the same picture (pairs reviewed by "
+        "eye) or, for a member of the generated star polygon family (thin-line rings that differ in width), "
+        "another member (`service/bench/lookalikes.py`). Matches with a partner are counted in a row of their "
+        "own; the `all counted` row counts every match as a false positive.",
         "",
         "## Summary",
         "",

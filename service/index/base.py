@@ -14,7 +14,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 from ..decisions import Candidate, Decision, Lookup, MatchKind, Verdict, sort_candidates
@@ -132,6 +132,9 @@ class ImageRecord:
         data["codes"] = tuple(int(c, 16) for c in data["codes"])
         data["window_codes"] = tuple(int(c, 16) for c in data.get("window_codes", ()))
         data["thumbnail"] = base64.b64decode(data.get("thumbnail", ""))
+        # Fields a newer version added are ignored, so records survive a rollback.
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
         data["verdict"] = Verdict(data["verdict"])
         data["match"] = MatchKind(data["match"]) if data["match"] else None
         return cls(**data)
