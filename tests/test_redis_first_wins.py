@@ -43,13 +43,14 @@ async def insert_pending(index: RedisMihIndex, image_id: str, fingerprint, lease
     m = await index.substrings(NS)
     head = [index._key(NS, f"rec:{image_id}"), index._key(NS, "seq"), index._key(NS, "state")]
     args = [lease_ms, fingerprint.sha256_hex, image_id]
+    meta_key, meta = index._key(NS, "meta"), index._meta_raw[NS]
     if NS in index._log_meta:
         codes = np.array(fingerprint.codes, dtype="<u8").tobytes()
-        result = await index._insert_log(keys=[*head, index._key(NS, "log")], args=[*args, codes])
+        result = await index._insert_log(keys=[*head, index._key(NS, "log"), meta_key], args=[*args, codes, meta])
     else:
         own = index._own_buckets(NS, fingerprint.codes, m)
         packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
-        result = await index._insert(keys=[*head, *own], args=[*args, *packed])
+        result = await index._insert(keys=[*head, meta_key, *own], args=[*args, meta, *packed])
     return int(result[0])
 
 

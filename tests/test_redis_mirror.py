@@ -339,3 +339,25 @@ async def test_the_setting_reaches_the_index(redis_url, redis_prefix, redis_inde
         assert not any(k.startswith("b0:") for k in await keys_of(redis_index, redis_prefix, "wired"))
     finally:
         await index.close()
+
+
+@pytest.mark.parametrize("first_layout", ["buckets", "mirror"])
+async def test_replica_with_a_stale_layout_notices_a_recreated_namespace(
+    redis_index: RedisMihIndex, redis_replicas, first_layout: str
+) -> None:
+    """Migrating a namespace means dropping it and creating it again in the other layout.
+    A replica that cached the old layout (and m) must not write or probe it any longer:
+    its insert script sees the new meta and the registration starts over."""
+    stale, = await redis_replicas(1, mirror=first_layout == "mirror")
+    fresh, = await redis_replicas(1, mirror=first_layout != "mirror")
+    rng = np.random.default_rng(7)
+    base = random_code(rng)
+    await stale.register(NS, "old", make_fingerprint(random_code(rng), b"o"), DECIDE, radius=RADIUS)
+    assert (NS in stale._log_meta) == (first_layout == "mirror")
+    await fresh.drop_namespace(NS)
+    first = await fresh.register(NS, "x", make_fingerprint(base, b"x"), DECIDE, radius=RADIUS)
+    assert first.record.verdict == Verdict.ACCEPTED and (NS in fresh._log_meta) == (first_layout != "mirror")
+    second = await stale.register(NS, "y", make_fingerprint(flip_bits(base, 3, rng), b"y"), DECIDE, radius=RADIUS)
+    assert (second.record.verdict, second.record.duplicate_of) == (Verdict.DUPLICATE, "x")
+    assert (NS in stale._log_meta) == (first_layout != "mirror")
+    assert stale.restarts >= 1

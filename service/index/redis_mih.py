@@ -69,9 +69,12 @@ from .base import (
 )
 from .redis_mirror import RedisMirror
 
-# KEYS: rec, seq, state, own buckets...  ARGV: lease_ms, sha, image_id, codes per bucket...
-# Returns {0, stored_record} when the image_id is already decided, else {seq, payload, now_ms}.
+# KEYS: rec, seq, state, meta, own buckets...  ARGV: lease_ms, sha, image_id, the meta the
+# caller read, codes per bucket... Returns {-1} when the namespace's meta is no longer the
+# one the caller's layout and m came from (dropped and re-created meanwhile: read it again),
+# {0, stored_record} when the image_id is already decided, else {seq, payload, now_ms}.
 _INSERT_PENDING = """
+if redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-1} end
 local rec = redis.call('GET', KEYS[1])
 if rec then return {0, rec} end
 local seq = redis.call('INCR', KEYS[2])
@@ -79,7 +82,7 @@ if seq > 4294967295 then return redis.error_reply('namespace sequence exhausted 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tail = struct.pack('<I4', seq)
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   local codes = ARGV[i]
   local out = {}
   for off = 1, #codes, 8 do out[#out + 1] = string.sub(codes, off, off + 7) .. tail end
@@ -92,9 +95,11 @@ return {seq, payload, now}
 
 # Mirror namespaces: the same, with one stream entry (seq u32 LE + the image's codes,
 # u64 LE) instead of the bucket appends, in the same atomic step as the INCR, so the
-# log holds the registrations in seq order. KEYS: rec, seq, state, log.
-# ARGV: lease_ms, sha, image_id, codes. Returns {seq, payload, now_ms, log entry id}.
+# log holds the registrations in seq order. KEYS: rec, seq, state, log, meta.
+# ARGV: lease_ms, sha, image_id, codes, the meta the caller read. Returns {-1} (meta
+# changed), {0, stored_record}, or {seq, payload, now_ms, log entry id}.
 _INSERT_PENDING_LOG = """
+if redis.call('GET', KEYS[5]) ~= ARGV[5] then return {-1} end
 local rec = redis.call('GET', KEYS[1])
 if rec then return {0, rec} end
 local seq = redis.call('INCR', KEYS[2])
@@ -245,6 +250,7 @@ class RedisMihIndex:
         # layout their meta records, whatever this replica is configured with.
         self._mirror_new = mirror
         self._log_meta: dict[str, bytes] = {}  # mirror namespaces -> their meta
+        self._meta_raw: dict[str, bytes] = {}  # every cached namespace -> the meta read
         self.mirror = RedisMirror(client, self._key)
         self._insert_log = client.register_script(_INSERT_PENDING_LOG)
         self._tombstone = client.register_script(_TOMBSTONE)
@@ -306,6 +312,9 @@ class RedisMihIndex:
         m = int(meta["m"])
         if meta.get("log"):
             self._log_meta[namespace] = raw
+        else:
+            self._log_meta.pop(namespace, None)
+        self._meta_raw[namespace] = raw
         self._m_cache[namespace] = m
         return m
 
@@ -338,8 +347,7 @@ class RedisMihIndex:
         meta, values = await self.mirror.sync(namespace, upto=upto, reads=sha_keys)
         if meta != self._log_meta.get(namespace):
             # Dropped or re-created since its parameters were read: read them again.
-            self._m_cache.pop(namespace, None)
-            self._log_meta.pop(namespace, None)
+            self._forget_layout(namespace)
             if meta is None and upto is None:
                 return {}
             raise ContentionError(f"namespace {namespace!r} was dropped or re-created meanwhile: retry")
@@ -417,8 +425,8 @@ class RedisMihIndex:
     ) -> Registration:
         validate_namespace(namespace)
         validate_image_id(image_id)
-        m = await self.substrings(namespace)
         for _attempt in range(self._max_attempts):
+            m = await self.substrings(namespace)  # again after a restart: the meta may have changed
             try:
                 return await self._register_once(namespace, image_id, fingerprint, decide, radius, event_id, m)
             except _Restart:
@@ -439,6 +447,10 @@ class RedisMihIndex:
         state_key = self._key(namespace, "state")
         own = self._own_buckets(namespace, fp.indexed_codes, m)
         result = await self._insert_pending(namespace, rec_key, state_key, image_id, fp, own)
+        if int(result[0]) == -1:
+            # Dropped and re-created since this replica read its layout and m.
+            self._forget_layout(namespace)
+            raise _Restart()
         if int(result[0]) == 0:
             return _replay(ImageRecord.from_json(result[1]), fp, image_id)
         seq, payload, now_ms = int(result[0]), result[1], int(result[2])
@@ -551,17 +563,19 @@ class RedisMihIndex:
     async def _insert_pending(
         self, namespace: str, rec_key: str, state_key: str, image_id: str, fp: Fingerprint, own: dict[str, list[int]]
     ) -> Any:
-        """The INSERT_PENDING step of the namespace's layout: its own buckets, or its log."""
+        """The INSERT_PENDING step of the namespace's layout: its own buckets, or its log.
+        The script checks that the namespace's meta is still the one this replica cached."""
+        meta_key, meta = self._key(namespace, "meta"), self._meta_raw.get(namespace, b"")
         if namespace in self._log_meta:
             codes = np.array(list(dict.fromkeys(fp.indexed_codes)), dtype="<u8").tobytes()
             return await self._insert_log(
-                keys=[rec_key, self._key(namespace, "seq"), state_key, self._key(namespace, "log")],
-                args=[self._lease_ms, fp.sha256_hex, image_id, codes],
+                keys=[rec_key, self._key(namespace, "seq"), state_key, self._key(namespace, "log"), meta_key],
+                args=[self._lease_ms, fp.sha256_hex, image_id, codes, meta],
             )
         packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
         return await self._insert(
-            keys=[rec_key, self._key(namespace, "seq"), state_key, *own],
-            args=[self._lease_ms, fp.sha256_hex, image_id, *packed],
+            keys=[rec_key, self._key(namespace, "seq"), state_key, meta_key, *own],
+            args=[self._lease_ms, fp.sha256_hex, image_id, meta, *packed],
         )
 
     async def _strip(self, namespace: str, own: dict[str, list[int]], seq: int) -> None:
@@ -632,10 +646,15 @@ class RedisMihIndex:
         deleted = 0
         async for keys in _batched(self._redis.scan_iter(match=self._key(namespace, "*"), count=batch), batch):
             deleted += await self._redis.unlink(*keys)
-        self._m_cache.pop(namespace, None)
-        self._log_meta.pop(namespace, None)
+        self._forget_layout(namespace)
         self.mirror.forget(namespace)
         return deleted
+
+    def _forget_layout(self, namespace: str) -> None:
+        """Drop what this replica cached of a namespace's meta (m, layout): read it again."""
+        self._m_cache.pop(namespace, None)
+        self._log_meta.pop(namespace, None)
+        self._meta_raw.pop(namespace, None)
 
 
 class _OwnLease:
