@@ -203,17 +203,28 @@ async def test_cold_replica_reads_the_whole_log_in_batches(redis_url, redis_pref
         assert cold.mirror.round_trips <= batches + 1 + 20, cold.mirror.round_trips
     finally:
         await client.aclose()
-    # A registration on another cold replica drains the backlog up to its own entry first.
+    # A registration on another cold replica drains the whole backlog *before* it takes a
+    # seq, so no pending entry (which near registrations elsewhere wait on) is held while
+    # a large log loads.
     client = aioredis.Redis.from_url(redis_url)
     try:
         cold = RedisMihIndex(client, prefix=redis_prefix, substrings=4)
         cold.mirror.batch = 250
+        loaded_at_insert: list[bool] = []
+        insert = cold._insert_pending
+
+        async def watched_insert(*args, **kwargs):
+            loaded_at_insert.append(cold.mirror.state(NS).loaded)
+            return await insert(*args, **kwargs)
+
+        cold._insert_pending = watched_insert  # type: ignore[method-assign]
         first_kept = next(i for i, _fp in items if i not in removed)
         code = remaining[first_kept]
         reg = await cold.register(NS, "late", make_fingerprint(code ^ 1, b"late"), DECIDE, radius=RADIUS)
         # (of the earliest kept image within the duplicate radius, not necessarily this one)
         assert reg.record.verdict == Verdict.DUPLICATE and reg.record.distance <= 8
         assert cold.mirror.state(NS).entries >= 1801
+        assert loaded_at_insert == [True]
     finally:
         await client.aclose()
 

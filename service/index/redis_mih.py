@@ -446,6 +446,14 @@ class RedisMihIndex:
         rec_key = self._key(namespace, f"rec:{image_id}")
         state_key = self._key(namespace, "state")
         own = self._own_buckets(namespace, fp.indexed_codes, m)
+        if namespace in self._log_meta and not self.mirror.state(namespace).loaded:
+            # A cold mirror reads the whole log (a minute at 10M codes) before this takes
+            # a seq: no pending entry, which near registrations elsewhere would wait on,
+            # is held while it loads. The catch-up after the insert is then short.
+            meta, _ = await self.mirror.sync(namespace)
+            if meta != self._log_meta.get(namespace):
+                self._forget_layout(namespace)
+                raise _Restart()
         result = await self._insert_pending(namespace, rec_key, state_key, image_id, fp, own)
         if int(result[0]) == -1:
             # Dropped and re-created since this replica read its layout and m.
