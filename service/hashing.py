@@ -196,7 +196,8 @@ def perceptual_codes(
     Whole-image codes: the picture as stored, and the picture with uniform borders
     trimmed (when trimming changed anything). Both are kept because trimming makes
     letterboxed, framed and padded copies match, while the untrimmed code is the more
-    stable one under colour changes. Low-information pictures get no code at all (nor
+    stable one under colour changes. A mirror-symmetric picture also gets its folded
+    code(s) (`folded_code`), after the others. Low-information pictures get no code at all (nor
     mirror/rotation codes): they match by exact bytes only.
     """
     small = downscale_for_trim(gray)
@@ -205,16 +206,21 @@ def perceptual_codes(
     inputs = [hash_input(gray)] + ([hash_input(trimmed_image)] if box is not None else [])
     whole: list[int] = []
     blocks: list[np.ndarray] = []
+    folded: list[int] = []
     for pixels in inputs:
         if is_low_information(pixels):
             continue
         low = _low_block(pixels)
         code = _code_from_coefficients(low)
+        extra = folded_code(pixels)
+        if extra is not None and extra not in folded:
+            folded.append(extra)
         if is_degenerate(code):
             continue
         blocks.append(low)
         if code not in whole:
             whole.append(code)
+    whole += [code for code in folded if code not in whole]
     rotated = rotated_codes(blocks, whole) if rotations else ()
     thumbs = thumbnails(inputs[0], inputs[-1]) if whole else b""
     if not whole or not windows:
@@ -271,6 +277,43 @@ def window_codes(gray: Image.Image) -> list[int]:
     bits[:, 0] = False
     codes = np.packbits(bits, axis=1).view(">u8").ravel().tolist()
     return [code for code, std in zip(codes, ac_std, strict=True) if std >= LOW_INFORMATION_STD and not is_degenerate(code)]
+
+
+#: A picture is mirror-symmetric (left-right, top-bottom) when its odd horizontal
+#: (vertical) DCT frequencies hold less than this share of the AC energy of the 16x16
+#: low-frequency block.
+SYMMETRY_ENERGY = 0.03
+#: XORed into folded codes, one per kind of symmetry, so that folded codes of different
+#: kinds are not compared with each other as if they were the same construction.
+_FOLD_SALTS = {"both": 0x5A5A_A5A5_3C3C_C3C3, "left-right": 0x0F0F_F0F0_6969_9696, "top-bottom": 0x33CC_CC33_55AA_AA55}
+
+
+def folded_code(pixels: np.ndarray) -> int | None:
+    """An extra code for a mirror-symmetric picture (flags, emblems, patterns), or None.
+
+    Symmetry forces the odd-frequency DCT coefficients to ~0. In a pHash they sit on the
+    median, so their bits are float noise that any re-encode flips, and two copies of a
+    symmetric picture end up far apart. The folded code is a pHash of the 64
+    coefficients the symmetry leaves: the even columns (left-right), rows (top-bottom)
+    or both of the 16x16 low-frequency block.
+    """
+    dct16 = _dct_matrix(_DCT_SIDE)[: 2 * HASH_SIZE]
+    block = dct16 @ pixels @ dct16.T
+    ac = float((block**2).sum() - block[0, 0] ** 2)
+    if ac <= 0:
+        return None
+    left_right = float((block[:, 1::2] ** 2).sum()) / ac < SYMMETRY_ENERGY
+    top_bottom = float((block[1::2, :] ** 2).sum()) / ac < SYMMETRY_ENERGY
+    if left_right and top_bottom:
+        kind, kept = "both", block[0::2, 0::2]
+    elif left_right:
+        kind, kept = "left-right", block[:HASH_SIZE, 0::2]
+    elif top_bottom:
+        kind, kept = "top-bottom", block[0::2, :HASH_SIZE]
+    else:
+        return None
+    code = _code_from_coefficients(kept)
+    return None if is_degenerate(code) else code ^ _FOLD_SALTS[kind]
 
 
 def _row_medians(rows: np.ndarray) -> np.ndarray:

@@ -758,3 +758,36 @@ def test_thin_line_drawing_gets_a_code_and_its_copy_matches():
     original, copy = fp(png(image)), fp(jpeg(image.convert("RGB"), quality=80))
     assert original.codes and original.thumbnail
     assert min(hamming(a, b) for a in original.codes for b in copy.codes) <= 8
+
+
+def _saltire_flag(size: tuple[int, int] = (600, 400)) -> Image.Image:
+    """A flag symmetric left-right and top-bottom (Jamaica-like: a diagonal cross)."""
+    w, h = size
+    image = Image.new("RGB", size, (0, 120, 60))
+    draw = ImageDraw.Draw(image)
+    draw.polygon([(0, 0), (w // 2, h // 2), (w, 0)], fill=(20, 20, 20))
+    draw.polygon([(0, h), (w // 2, h // 2), (w, h)], fill=(20, 20, 20))
+    draw.line([(0, 0), (w, h)], fill=(250, 200, 0), width=h // 8)
+    draw.line([(0, h), (w, 0)], fill=(250, 200, 0), width=h // 8)
+    return image
+
+
+def test_symmetric_picture_gets_a_folded_code_that_survives_reencoding():
+    from service.hashing import folded_code, hash_input
+
+    flag = _saltire_flag()
+    original = fp(png(flag))
+    copies = [fp(jpeg(flag, quality=40)), fp(jpeg(flag.resize((300, 200)), quality=75))]
+    folded = folded_code(hash_input(flag.convert("L")))
+    assert folded is not None and folded in original.codes
+    for copy in copies:
+        # The plain pHash bits of a symmetric picture sit on median ties and flip; the
+        # folded code (only the coefficients the symmetry leaves) holds.
+        assert min(hamming(a, b) for a in original.codes for b in copy.codes) <= 8
+
+
+def test_asymmetric_photos_get_no_folded_code():
+    from service.hashing import folded_code, hash_input
+
+    for name in SAMPLE_NAMES:
+        assert folded_code(hash_input(sample_image(name, "L"))) is None, name
