@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -108,17 +109,23 @@ def redis_mirror() -> bool:
     return False
 
 
-@pytest.fixture
-async def redis_index(redis_url: str, redis_prefix: str, redis_mirror: bool) -> AsyncIterator[RedisMihIndex]:
+@contextlib.asynccontextmanager
+async def _index_over(redis_url: str, prefix: str, mirror: bool) -> AsyncIterator[RedisMihIndex]:
+    """A Redis index with its own client; every key under `prefix` is deleted afterwards."""
     client = aioredis.Redis.from_url(redis_url)
-    index = RedisMihIndex(client, prefix=redis_prefix, substrings=TEST_SUBSTRINGS, mirror=redis_mirror)
     try:
-        yield index
+        yield RedisMihIndex(client, prefix=prefix, substrings=TEST_SUBSTRINGS, mirror=mirror)
     finally:
         try:
-            await _delete_prefix(client, redis_prefix)
+            await _delete_prefix(client, prefix)
         finally:
             await client.aclose()
+
+
+@pytest.fixture
+async def redis_index(redis_url: str, redis_prefix: str, redis_mirror: bool) -> AsyncIterator[RedisMihIndex]:
+    async with _index_over(redis_url, redis_prefix, redis_mirror) as index:
+        yield index
 
 
 @pytest.fixture
@@ -149,15 +156,8 @@ async def redis_replicas(
 @pytest.fixture
 async def redis_mirror_index(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisMihIndex]:
     """A Redis index whose namespaces get the mirror layout."""
-    client = aioredis.Redis.from_url(redis_url)
-    index = RedisMihIndex(client, prefix=redis_prefix, substrings=TEST_SUBSTRINGS, mirror=True)
-    try:
+    async with _index_over(redis_url, redis_prefix, mirror=True) as index:
         yield index
-    finally:
-        try:
-            await _delete_prefix(client, redis_prefix)
-        finally:
-            await client.aclose()
 
 
 @pytest.fixture
