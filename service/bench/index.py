@@ -466,21 +466,7 @@ async def measure_mih(
         assert await index.substrings(namespace, create=False) == m
         queries = ds.queries.tolist()
         # correctness first: query() == brute force on every baseline query, each radius
-        mismatches = 0
-        checked = 0
-        for r in radii:
-            for q, want in zip(queries, expected[r]):
-                got = await index.query(namespace, q, radius=r)
-                checked += 1
-                if got != want:
-                    mismatches += 1
-                    if mismatches <= 3:
-                        print(f"    MISMATCH r={r} q={q:016x}: got {got[:5]}... ({len(got)}) want {want[:5]}... ({len(want)})")
-        lookups_ok, lookups = await check_lookups(index, namespace, ds, max(radii), args.lookup_checks)
-        out["verify"] = {"queries_checked": checked, "mismatches": mismatches,
-                         "lookups_checked": lookups, "lookup_mismatches": lookups - lookups_ok}
-        print(f"    verified: {checked} query() results vs numpy brute force, {mismatches} mismatches; "
-              f"{lookups} lookup() checks, {lookups - lookups_ok} mismatches", flush=True)
+        out["verify"] = await verify_queries(index, namespace, ds, queries, radii, expected, args.lookup_checks)
 
         slowlog.reset()
         per_radius: dict[str, Any] = {}
@@ -578,20 +564,8 @@ async def measure_mirror(
               f" B/code (RSS +{mem['replica_rss_delta_bytes_per_code']} B/code)", flush=True)
 
         queries = ds.queries.tolist()
-        mismatches = checked = 0
-        for r in radii:
-            for q, want in zip(queries, expected[r]):
-                got = await index.query(namespace, q, radius=r)
-                checked += 1
-                if got != want:
-                    mismatches += 1
-                    if mismatches <= 3:
-                        print(f"    MISMATCH r={r} q={q:016x}: got {got[:5]}... ({len(got)}) want {want[:5]}... ({len(want)})")
-        lookups_ok, lookups = await check_lookups(index, namespace, ds, max(radii), args.lookup_checks)
-        out["verify"] = {"queries_checked": checked, "mismatches": mismatches,
-                         "lookups_checked": lookups, "lookup_mismatches": lookups - lookups_ok}
-        print(f"    verified: {checked} query() results vs numpy brute force, {mismatches} mismatches; "
-              f"{lookups} lookup() checks, {lookups - lookups_ok} mismatches", flush=True)
+        # correctness first: query() == brute force on every baseline query, each radius
+        out["verify"] = await verify_queries(index, namespace, ds, queries, radii, expected, args.lookup_checks)
 
         slowlog.reset()
         per_radius: dict[str, Any] = {}
@@ -682,6 +656,28 @@ async def measure_mirror_with_writes(
     lat = latency_summary(times)
     print(f"    r={args.radius:>2}, one new log entry before each query: query() {fmt_lat(lat)}", flush=True)
     return {"radius": args.radius, "query": lat, "entries_appended": len(queries)}
+
+
+async def verify_queries(
+    index: Any, namespace: str, ds: Dataset, queries: list[int], radii: list[int],
+    expected: dict[int, list[Any]], lookup_checks: int,
+) -> dict[str, int]:
+    """query() against the brute force on every baseline query at each radius, then
+    lookup() checks; prints and returns the counts (either layout)."""
+    mismatches = checked = 0
+    for r in radii:
+        for q, want in zip(queries, expected[r]):
+            got = await index.query(namespace, q, radius=r)
+            checked += 1
+            if got != want:
+                mismatches += 1
+                if mismatches <= 3:
+                    print(f"    MISMATCH r={r} q={q:016x}: got {got[:5]}... ({len(got)}) want {want[:5]}... ({len(want)})")
+    lookups_ok, lookups = await check_lookups(index, namespace, ds, max(radii), lookup_checks)
+    print(f"    verified: {checked} query() results vs numpy brute force, {mismatches} mismatches; "
+          f"{lookups} lookup() checks, {lookups - lookups_ok} mismatches", flush=True)
+    return {"queries_checked": checked, "mismatches": mismatches,
+            "lookups_checked": lookups, "lookup_mismatches": lookups - lookups_ok}
 
 
 async def check_lookups(index: Any, namespace: str, ds: Dataset, radius: int, count: int) -> tuple[int, int]:
