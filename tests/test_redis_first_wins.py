@@ -46,7 +46,7 @@ async def insert_pending(index: RedisMihIndex, image_id: str, fingerprint, lease
     meta_key, meta = index._key(NS, "meta"), index._meta_raw[NS]
     if NS in index._log_meta:
         codes = np.array(fingerprint.codes, dtype="<u8").tobytes()
-        result = await index._insert_log(keys=[*head, index._key(NS, "log"), meta_key], args=[*args, codes, meta])
+        result = await index._insert_log(keys=[*head, meta_key, index._key(NS, "log")], args=[*args, meta, codes])
     else:
         own = index._own_buckets(NS, fingerprint.codes, m)
         packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]

@@ -69,11 +69,13 @@ from .base import (
 )
 from .redis_mirror import RedisMirror
 
-# KEYS: rec, seq, state, meta, own buckets...  ARGV: lease_ms, sha, image_id, the meta the
-# caller read, codes per bucket... Returns {-1} when the namespace's meta is no longer the
-# one the caller's layout and m came from (dropped and re-created meanwhile: read it again),
-# {0, stored_record} when the image_id is already decided, else {seq, payload, now_ms}.
-_INSERT_PENDING = """
+# The INSERT_PENDING step, in two layouts that share their first four KEYS and ARGV:
+# KEYS rec, seq, state, meta; ARGV lease_ms, sha, image_id, the meta the caller read.
+# {-1}: the namespace's meta is no longer the one the caller's layout and m came from
+# (dropped and re-created meanwhile: read it again); {0, stored_record}: the image_id is
+# already decided; else the seq is taken, the state is pending, and the layout's part
+# has run: {seq, payload, now_ms[, log entry id]}.
+_INSERT_HEAD = """
 if redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-1} end
 local rec = redis.call('GET', KEYS[1])
 if rec then return {0, rec} end
@@ -81,6 +83,12 @@ local seq = redis.call('INCR', KEYS[2])
 if seq > 4294967295 then return redis.error_reply('namespace sequence exhausted (2^32 registrations)') end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local payload = 'P|' .. (now + tonumber(ARGV[1])) .. '|' .. ARGV[2] .. '|' .. ARGV[3]
+redis.call('HSET', KEYS[3], seq, payload)
+"""
+
+# Bucket layout: KEYS[5..] the image's own buckets, ARGV[5..] the codes for each.
+_INSERT_PENDING = _INSERT_HEAD + """
 local tail = struct.pack('<I4', seq)
 for i = 5, #KEYS do
   local codes = ARGV[i]
@@ -88,27 +96,14 @@ for i = 5, #KEYS do
   for off = 1, #codes, 8 do out[#out + 1] = string.sub(codes, off, off + 7) .. tail end
   redis.call('APPEND', KEYS[i], table.concat(out))
 end
-local payload = 'P|' .. (now + tonumber(ARGV[1])) .. '|' .. ARGV[2] .. '|' .. ARGV[3]
-redis.call('HSET', KEYS[3], seq, payload)
 return {seq, payload, now}
 """
 
-# Mirror namespaces: the same, with one stream entry (seq u32 LE + the image's codes,
-# u64 LE) instead of the bucket appends, in the same atomic step as the INCR, so the
-# log holds the registrations in seq order. KEYS: rec, seq, state, log, meta.
-# ARGV: lease_ms, sha, image_id, codes, the meta the caller read. Returns {-1} (meta
-# changed), {0, stored_record}, or {seq, payload, now_ms, log entry id}.
-_INSERT_PENDING_LOG = """
-if redis.call('GET', KEYS[5]) ~= ARGV[5] then return {-1} end
-local rec = redis.call('GET', KEYS[1])
-if rec then return {0, rec} end
-local seq = redis.call('INCR', KEYS[2])
-if seq > 4294967295 then return redis.error_reply('namespace sequence exhausted (2^32 registrations)') end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id = redis.call('XADD', KEYS[4], '*', 'a', struct.pack('<I4', seq) .. ARGV[4])
-local payload = 'P|' .. (now + tonumber(ARGV[1])) .. '|' .. ARGV[2] .. '|' .. ARGV[3]
-redis.call('HSET', KEYS[3], seq, payload)
+# Mirror layout: one stream entry (seq u32 LE + the image's codes, u64 LE) instead of the
+# bucket appends, in the same atomic step as the INCR, so the log holds the registrations
+# in seq order. KEYS[5]: the log; ARGV[5]: the codes. Also returns the entry's id.
+_INSERT_PENDING_LOG = _INSERT_HEAD + """
+local id = redis.call('XADD', KEYS[5], '*', 'a', struct.pack('<I4', seq) .. ARGV[5])
 return {seq, payload, now, id}
 """
 
@@ -577,8 +572,8 @@ class RedisMihIndex:
         if namespace in self._log_meta:
             codes = np.array(list(dict.fromkeys(fp.indexed_codes)), dtype="<u8").tobytes()
             return await self._insert_log(
-                keys=[rec_key, self._key(namespace, "seq"), state_key, self._key(namespace, "log"), meta_key],
-                args=[self._lease_ms, fp.sha256_hex, image_id, codes, meta],
+                keys=[rec_key, self._key(namespace, "seq"), state_key, meta_key, self._key(namespace, "log")],
+                args=[self._lease_ms, fp.sha256_hex, image_id, meta, codes],
             )
         packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
         return await self._insert(
