@@ -126,6 +126,12 @@ class ImageRecord:
         data["thumbnail"] = base64.b64encode(self.thumbnail).decode("ascii")
         return json.dumps(data, separators=(",", ":"))
 
+    @staticmethod
+    def thumbnail_from_json(raw: str | bytes) -> bytes:
+        """Only the verification thumbnails of a stored record (what a candidate needs),
+        without building the rest of it."""
+        return base64.b64decode(json.loads(raw).get("thumbnail", ""))
+
     @classmethod
     def from_json(cls, raw: str | bytes) -> ImageRecord:
         data: dict[str, Any] = json.loads(raw)

@@ -357,7 +357,7 @@ class RedisMihIndex:
         if not kept:
             return {}
         raws = await self._redis.mget([self._key(namespace, f"rec:{st.image_id}") for st in kept.values()])
-        return {seq: ImageRecord.from_json(raw).thumbnail for seq, raw in zip(kept, raws) if raw}
+        return {seq: ImageRecord.thumbnail_from_json(raw) for seq, raw in zip(kept, raws) if raw}
 
     async def _states(self, namespace: str, seqs: list[int]) -> dict[int, _State]:
         if not seqs:
