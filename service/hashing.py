@@ -210,9 +210,10 @@ def perceptual_codes(
     for pixels in inputs:
         if is_low_information(pixels):
             continue
-        low = _low_block(pixels)
+        block = _low_block(pixels, 2 * HASH_SIZE)  # the folded code needs 16x16; pHash its 8x8 corner
+        low = block[:HASH_SIZE, :HASH_SIZE]
         code = _code_from_coefficients(low)
-        extra = folded_code(pixels)
+        extra = _folded_from_block(block)
         if extra is not None and extra not in folded:
             folded.append(extra)
         if is_degenerate(code):
@@ -289,7 +290,8 @@ _FOLD_SALTS = {"both": 0x5A5A_A5A5_3C3C_C3C3, "left-right": 0x0F0F_F0F0_6969_969
 
 
 def folded_code(pixels: np.ndarray) -> int | None:
-    """An extra code for a mirror-symmetric picture (flags, emblems, patterns), or None.
+    """An extra code for a mirror-symmetric picture (flags, emblems, patterns), or None,
+    from its 32x32 hash input.
 
     Symmetry forces the odd-frequency DCT coefficients to ~0. In a pHash they sit on the
     median, so their bits are float noise that any re-encode flips, and two copies of a
@@ -297,8 +299,11 @@ def folded_code(pixels: np.ndarray) -> int | None:
     coefficients the symmetry leaves: the even columns (left-right), rows (top-bottom)
     or both of the 16x16 low-frequency block.
     """
-    dct16 = _dct_matrix(_DCT_SIDE)[: 2 * HASH_SIZE]
-    block = dct16 @ pixels @ dct16.T
+    return _folded_from_block(_low_block(pixels, 2 * HASH_SIZE))
+
+
+def _folded_from_block(block: np.ndarray) -> int | None:
+    """`folded_code` from the 16x16 block perceptual_codes has already computed."""
     ac = float((block**2).sum() - block[0, 0] ** 2)
     if ac <= 0:
         return None
@@ -589,9 +594,9 @@ def phash_from_pixels(pixels: np.ndarray) -> int:
     return _code_from_coefficients(_low_block(pixels))
 
 
-def _low_block(pixels: np.ndarray) -> np.ndarray:
-    """The 8x8 lowest DCT frequencies of a 32x32 array (all a pHash uses)."""
-    low = _dct_matrix(_DCT_SIDE)[:HASH_SIZE]
+def _low_block(pixels: np.ndarray, side: int = HASH_SIZE) -> np.ndarray:
+    """The side x side lowest DCT frequencies of a 32x32 array (8x8: all a pHash uses)."""
+    low = _dct_matrix(_DCT_SIDE)[:side]
     return low @ pixels @ low.T
 
 
