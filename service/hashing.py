@@ -544,8 +544,8 @@ def hash_input(gray: Image.Image) -> np.ndarray:
 #: "low information" (near-uniform, very dark or nearly empty): its DCT signs are noise,
 #: so it gets no perceptual code and can only match by exact bytes. It was 8 before
 #: candidates got a second look (`verify.py`); thin line drawings (std 4-7) then had no
-#: code at all. At 3 recall rose 0.4 points and the false positives counted apart from
-#: partner matches held (docs/design.md, "Low information").
+#: code at all; the second look keeps their near matches honest (docs/design.md, "Low
+#: information").
 LOW_INFORMATION_STD = 3.0
 
 
