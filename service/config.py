@@ -73,7 +73,7 @@ class Settings:
     )
     # --- decisions ---------------------------------------------------------------------
     duplicate_radius: int = _doc(
-        8, "Hamming distance at or below which a near match is a duplicate (unless its "
+        10, "Hamming distance at or below which a near match is a duplicate (unless its "
         "thumbnails rule it out: IMGDEDUP_MIN_SIMILARITY).", lo=0, hi=32
     )
     review_radius: int = _doc(
@@ -82,12 +82,12 @@ class Settings:
         "verdict is `review`.", lo=0, hi=32
     )
     min_similarity: float = _doc(
-        0.5, "Second look (thumbnail correlation, -1..1) a candidate within the duplicate "
+        0.87, "Second look (thumbnail correlation, -1..1) a candidate within the duplicate "
         "radius needs to be a duplicate; below it the verdict is `review` (a look-alike).",
         lo=-1.0, hi=1.0
     )
     confirm_similarity: float = _doc(
-        0.9, "Thumbnail correlation at or above which a candidate between the duplicate and "
+        0.94, "Thumbnail correlation at or above which a candidate between the duplicate and "
         "the review radius (a crop, a heavier edit) is a duplicate instead of `review`.",
         lo=-1.0, hi=1.0
     )

@@ -1,7 +1,7 @@
 """The verdict rules, as pure functions of what the index found.
 
 A near candidate is a duplicate when its code is close *and* a second look agrees: the
-tiny-thumbnail correlation of `verify.similarity`. Within the duplicate radius the look
+tiny-thumbnail correlation of `verify.second_look`, and its colour check. Within the duplicate radius the look
 only has to rule out a look-alike (similarity >= `min_similarity`); between the duplicate
 and the review radius it has to confirm a copy (>= `confirm_similarity`). Anything else
 within the review radius is `review`. A candidate stored without thumbnails (written by
@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from .verify import similarity as thumbnail_similarity
+from .verify import second_look
 
 
 class Verdict(enum.StrEnum):
@@ -65,10 +65,10 @@ class Policy:
     duplicate_radius: int
     review_radius: int
     #: Within the duplicate radius: a similarity below this is a look-alike (review).
-    min_similarity: float = 0.5
+    min_similarity: float = 0.87
     #: Between the duplicate and the review radius: a similarity at or above this is a
     #: duplicate (a crop found through a window code, a heavier edit).
-    confirm_similarity: float = 0.9
+    confirm_similarity: float = 0.94
     #: The mirror/rotation mode: the second look also compares mirrored/rotated views.
     match_rotations: bool = False
 
@@ -82,7 +82,10 @@ class Policy:
         """(is it a duplicate, the similarity measured) for a near candidate."""
         if candidate.distance > self.review_radius:
             return False, None
-        sim = thumbnail_similarity(query_thumbnail, candidate.thumbnail, symmetries=self.match_rotations)
+        look = second_look(query_thumbnail, candidate.thumbnail, symmetries=self.match_rotations)
+        sim = look.similarity
+        if look.colour is False or look.shape is False:  # alike in grey only, or of another shape
+            return False, sim
         if sim is None:
             return candidate.distance <= self.duplicate_radius, None
         if candidate.distance <= self.duplicate_radius:

@@ -32,7 +32,7 @@ def test_defaults_with_empty_env():
     assert settings.redis_url == ""
     assert settings.index_backend == "memory"
     assert settings.mih_substrings == 4
-    assert settings.duplicate_radius == 8
+    assert settings.duplicate_radius == 10
     assert settings.review_radius == 12
     assert settings.max_image_bytes == 25 * 1024 * 1024
     assert settings.max_image_pixels == 50_000_000

@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance
 
 from service.decisions import Candidate, Lookup, MatchKind, Policy, Verdict, decide
 from service.hashing import THUMBNAIL_BYTES, ImageLimits, fingerprint
-from service.verify import similarity
+from service.verify import second_look, similarity
 
 LIMITS = ImageLimits(max_bytes=25 * 1024 * 1024, max_pixels=50_000_000)
 
@@ -144,3 +144,119 @@ def test_policy_rejects_similarities_outside_correlation_range():
         Policy(8, 12, confirm_similarity=1.5)
     with pytest.raises(ValueError):
         Policy(8, 12, min_similarity=-2)
+
+
+# --- colour: the second look's check on the best-matching views --------------------------
+
+
+def _card(pip_colour: tuple[int, int, int], size: tuple[int, int] = (250, 350)) -> Image.Image:
+    """A playing-card-like picture: the same layout of pips, only their colour differs."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    for cx, cy in ((0.3, 0.2), (0.7, 0.2), (0.3, 0.8), (0.7, 0.8), (0.5, 0.5)):
+        draw.ellipse((w * cx - 30, h * cy - 30, w * cx + 30, h * cy + 30), fill=pip_colour)
+    draw.rectangle((10, 10, 40, 60), fill=pip_colour)
+    return image
+
+
+def _flag(bottom: tuple[int, int, int]) -> Image.Image:
+    image = Image.new("RGB", (300, 200), (255, 255, 255))
+    image.paste(bottom, (0, 100, 300, 200))
+    image.paste((200, 160, 40), (130, 70, 170, 130))  # an emblem across the bands
+    return image
+
+
+def test_thumbnails_carry_both_views_colour(photos):
+    from service.hashing import CHROMA_BYTES, CHROMA_SIDE, GREY_THUMBNAIL_BYTES
+
+    colour = slice(GREY_THUMBNAIL_BYTES, GREY_THUMBNAIL_BYTES + CHROMA_BYTES)
+    blob = thumbs(photos["coffee"])
+    chroma = np.frombuffer(blob[colour], dtype=np.uint8)
+    assert len(chroma) == 2 * 2 * CHROMA_SIDE * CHROMA_SIDE and chroma.std() > 2  # a colour photo
+    grey = np.frombuffer(thumbs(photos["camera"])[colour], dtype=np.uint8)
+    assert np.abs(grey.astype(int) - 128).max() <= 2  # a grey picture: neutral planes
+
+
+def test_same_layout_in_other_colours_is_not_a_copy():
+    red, black = thumbs(_card((220, 20, 30))), thumbs(_card((10, 10, 10)))
+    # Grey alone cannot tell them apart ...
+    assert similarity(red, black) > 0.9
+    # ... colour does: a colourful query against a grey candidate is no copy.
+    assert second_look(red, black).colour is False
+    blue_flag, green_flag = thumbs(_flag((90, 180, 230))), thumbs(_flag((0, 110, 40)))
+    assert second_look(blue_flag, green_flag).similarity > 0.8
+    assert second_look(blue_flag, green_flag).colour is False
+    decision = decide(Lookup((candidate("black", 1, 4, black),)), Policy(10, 12), red)
+    assert (decision.verdict, decision.duplicate_of) == (Verdict.REVIEW, "black")
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_colour_work_on_a_copy_does_not_fail_the_colour_check(photos, name):
+    image = photos[name]
+    stored = thumbs(image)
+    copies = {
+        "greyscale": image.convert("L").convert("RGB"),
+        "saturated": ImageEnhance.Color(image).enhance(1.5),
+        "tinted": Image.blend(image, Image.new("RGB", image.size, (255, 140, 0)), 0.15),
+        "darker": ImageEnhance.Brightness(image).enhance(0.75),
+        "logo": _with_logo(image),
+    }
+    for label, copy in copies.items():
+        look = second_look(thumbs(copy), stored)
+        assert look.colour is not False, label
+    red_card = thumbs(_card((220, 20, 30)))
+    assert second_look(thumbs(_card((220, 20, 30)).convert("L").convert("RGB")), red_card).colour is None  # grey copy
+    assert second_look(thumbs(ImageEnhance.Color(_card((220, 20, 30))).enhance(1.5)), red_card).colour is True
+
+
+def _with_logo(image: Image.Image) -> Image.Image:
+    from PIL import ImageDraw
+
+    out = image.copy()
+    w, h = out.width // 6, out.height // 10
+    ImageDraw.Draw(out).rectangle((out.width - w - 10, 10, out.width - 10, 10 + h), fill=(230, 30, 40))
+    return out
+
+
+def test_records_without_colour_planes_are_compared_in_grey_only(photos):
+    from service.hashing import GREY_THUMBNAIL_BYTES
+
+    red, black = thumbs(_card((220, 20, 30))), thumbs(_card((10, 10, 10)))
+    old = black[:GREY_THUMBNAIL_BYTES]  # a record written before the colour planes
+    look = second_look(red, old)
+    assert look.colour is None and look.similarity == pytest.approx(second_look(red, black).similarity)
+
+
+def _led(size: tuple[int, int]) -> Image.Image:
+    """An LED-like icon: a frame with a lit, shaded face, stretched to `size`."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    draw.rectangle((0, 0, w - 1, h - 1), fill=(120, 120, 130))
+    draw.rectangle((w // 10, h // 10, w - w // 10, h - h // 10), fill=(70, 70, 220))
+    draw.rectangle((w // 5, h // 7, w - w // 5, h // 3), fill=(200, 200, 250))
+    return image
+
+
+def test_views_of_another_shape_are_not_compared(photos):
+    square, tall = thumbs(_led((200, 200))), thumbs(_led((200, 420)))
+    # The thumbnails are squares: in grey (and colour) the two icons look the same ...
+    look = second_look(square, tall)
+    assert look.shape is False
+    decision = decide(Lookup((candidate("tall", 1, 2, tall),)), Policy(10, 12), square)
+    assert decision.verdict == Verdict.REVIEW
+    # ... while a copy, a crop that changes the aspect ratio (found through a window)
+    # and a letterboxed copy (trimmed back) keep a view of the same shape.
+    image = photos["chelsea"]
+    stored = thumbs(image)
+    letterboxed = Image.new("RGB", (image.width, round(image.width * 9 / 16) + 80))
+    letterboxed.paste(image, (0, 40))
+    for copy in (image.resize((image.width // 3, image.height // 3)), crop(image, 0, 0, 0.8, 1.0),
+                 crop(image, 0, 0, 1.0, 0.75), letterboxed):
+        look = second_look(thumbs(copy), stored)
+        assert look.shape is True and look.similarity >= 0.9

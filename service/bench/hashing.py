@@ -46,7 +46,7 @@ def _ours_single_code(data: bytes) -> object:
 
 
 def _decode_only(data: bytes) -> object:
-    """The floor under our hashing: the same guarded, DCT-scaled, luminance-only decode
+    """The floor under our hashing: the same guarded, DCT-scaled decode (YCbCr planes, no RGB)
     and nothing else (no SHA-256, no codes)."""
     return decode_for_hashing(data, LIMITS.max_pixels)
 
