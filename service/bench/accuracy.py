@@ -37,7 +37,7 @@ from ..hasher import Hasher
 from ..hashing import normalise_mode
 from ..index.memory import MemoryIndex
 from ..metrics import Metrics
-from .lookalikes import counted_apart
+from .lookalikes import counted_apart, pixel_thumbnail, same_pixels
 from .variants import NEGATIVE_TRANSFORMS, NON_GEOMETRIC, VARIANTS, save
 
 NAMESPACE = "accuracy"
@@ -88,6 +88,7 @@ def _prepare(job: tuple[str, str]) -> dict[str, object]:
     except Exception as exc:  # an unreadable corpus file is skipped and counted
         out["error"] = repr(exc)
         return out
+    out["pixels"] = pixel_thumbnail(image)
     transforms = VARIANTS if role == "original" else NEGATIVE_TRANSFORMS
     items = []
     if role == "original":
@@ -212,6 +213,15 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
             baseline.add(image_id, entry["items"][0][3])  # type: ignore[index]
         baseline.freeze()
         registered = set(canonical)
+        # Negatives showing the same pixels as a registered original (an identical file
+        # or a resize of it under another name) have that original as a partner.
+        original_ids = [Path(str(e["path"])).name for e in originals if Path(str(e["path"])).name in registered]
+        original_pixels = np.stack([e["pixels"] for e in originals if Path(str(e["path"])).name in registered])
+        pixel_partners: dict[str, set[str]] = {}
+        for entry in prepared:
+            if entry["role"] == "negative" and "pixels" in entry:
+                same = same_pixels(entry["pixels"], original_pixels)  # type: ignore[arg-type]
+                pixel_partners[Path(str(entry["path"])).name] = {original_ids[i] for i in np.flatnonzero(same)}
 
         tallies: dict[str, Tally] = defaultdict(Tally)
         per_variant: dict[str, Tally] = defaultdict(Tally)
@@ -242,10 +252,10 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                             tally.baselines[baseline_name] += 1
             else:
                 # Every negative is counted. A match with its partner among the originals
-                # (the same picture, reviewed by eye, or another member of the star
-                # polygon family) is not a false positive: it is counted in a row of its
+                # (the same pixels, the same picture reviewed by eye, or another member of
+                # the star polygon family) is not a false positive: it is counted in a row of its
                 # own instead. The "all counted" row excuses nothing.
-                partners = {i for i in registered if counted_apart(query_name, i)}
+                partners = {i for i in registered if counted_apart(query_name, i)} | pixel_partners.get(query_name, set())
                 rows: list[tuple[Tally, set[str]]] = [
                     (tallies[family], partners), (per_variant[f"{family}/{name}"], partners),
                     (tallies[f"{family} (all counted)"], set()),
@@ -261,7 +271,7 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                         if ids - excused:
                             tally.baselines[baseline_name] += 1
                 if partners:
-                    tally = tallies[f"{family} (matching a partner: same picture or star family)"]
+                    tally = tallies[f"{family} (matching a partner: same pixels, same picture or star family)"]
                     tally.queries += 1
                     if named in partners:
                         if result.verdict == CheckVerdict.DUPLICATE:
@@ -275,7 +285,8 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                 false_positives.append({
                     "query": query_name, "variant": name, "matched": named,
                     "distance": result.decision.distance, "similarity": result.decision.similarity,
-                    "verdict": result.verdict.value, "counted_apart": bool(named and counted_apart(query_name, named)),
+                    "verdict": result.verdict.value,
+                    "counted_apart": bool(named and (counted_apart(query_name, named) or named in pixel_partners.get(query_name, ()))),
                 })
 
         jobs = []
@@ -344,8 +355,9 @@ def _markdown(result: dict[str, object], config: dict[str, object]) -> str:
         "images never registered. Recall rows: share of variants answered `duplicate` of their original "
         "(imgdedup) or with their original within the threshold (baselines, brute force). The `negative` row is "
         "the false-positive rate: share of never-registered images (raw, and halved at JPEG q50) that matched "
-        "anything other than its partner: a registered original that is the same picture (pairs reviewed by "
-        "eye) or, for a member of the generated star polygon family (thin-line rings that differ in width), "
+        "anything other than its partner: a registered original with the same pixels (an identical file or a "
+        "resize of it under another name: at 16x16 RGB no pixel differs by more than 16 of 255), the same "
+        "picture drawn twice (pairs reviewed by eye) or, for a member of the generated star polygon family (thin-line rings that differ in width), "
         "another member (`service/bench/lookalikes.py`). Matches with a partner are counted in a row of their "
         "own; the `all counted` row counts every match as a false positive.",
         "",

@@ -1,8 +1,9 @@
 """Corpus pictures the accuracy benchmark counts apart from its false positives.
 
-`../shared/README.md` warns that the corpus is not de-duplicated. Two kinds are counted
-apart: pairs that are the same picture under two names (looked at by eye, docs/design.md
-"What is a false positive"), and the generated star polygon family. A never-registered
+`../shared/README.md` warns that the corpus is not de-duplicated. Three kinds are counted
+apart: pairs with the same pixels under two names (identical files, or one a resize of
+the other: `same_pixels`), pairs that are the same picture drawn twice (looked at by
+eye, docs/design.md "What is a false positive"), and the generated star polygon family. A never-registered
 image with such a partner among the registered originals goes to rows of its own, and
 to an "all counted" row with every other negative, so nothing is hidden.
 """
@@ -10,6 +11,9 @@ to an "all counted" row with every other negative, so nothing is hidden.
 from __future__ import annotations
 
 import re
+
+import numpy as np
+from PIL import Image
 
 #: Generated star polygons (`stars_star_<points>pt<step>step`, 1,375 files, 15 % of the
 #: objects folder): thin outlines which, from a few dozen points on, render as a ring
@@ -31,6 +35,26 @@ SAME_PICTURE_PAIRS: frozenset[frozenset[str]] = frozenset(
         ("openclipart__clothing_t-shirt_03.png", "openclipart__clothing_t-shirt_02.png"),
     )
 )
+
+
+#: `same_pixels`: both pictures area-averaged to this square, in RGB on white ...
+PIXEL_SIDE = 16
+#: ... differ nowhere by more than this (of 255). Resizes of the sample photos to 1/1.5
+#: .. 1/3.2 of their size stay within 13; two playing cards that differ in one pip
+#: differ by ~250 where it is (tests/test_bench_lookalikes.py).
+MAX_PIXEL_DIFFERENCE = 16
+
+
+def pixel_thumbnail(rgb: Image.Image) -> np.ndarray:
+    """The flattened RGB picture as `same_pixels` compares it."""
+    return np.asarray(rgb.convert("RGB").resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BOX), dtype=np.uint8)
+
+
+def same_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Do pixel thumbnail `a` and each of the stacked thumbnails `b` show the same
+    pixels (identical files, or a resize)? A boolean per row of `b`."""
+    difference = np.abs(b.astype(np.int16) - a.astype(np.int16)[None])
+    return difference.reshape(len(b), -1).max(axis=1) <= MAX_PIXEL_DIFFERENCE
 
 
 def counted_apart(a: str, b: str) -> bool:
