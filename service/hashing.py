@@ -116,7 +116,7 @@ def fingerprint(data: bytes, limits: ImageLimits) -> Fingerprint:
     sha = hashlib.sha256(data).digest()
     picture, fmt, (width, height) = decode_for_hashing(data, limits.max_pixels)
     codes = perceptual_codes(
-        picture.gray, chroma=picture.chroma, windows=limits.crop_windows, rotations=limits.rotations
+        picture.gray, colour=picture.colour, windows=limits.crop_windows, rotations=limits.rotations
     )
     return Fingerprint(
         sha256=sha, codes=codes.whole, width=width, height=height, format=fmt,
@@ -195,16 +195,21 @@ def thumbnails(
     return b"".join(out)
 
 
-def chroma_thumbnails(chroma: np.ndarray, box: tuple[int, int, int, int] | None) -> bytes:
-    """(2, h, w) Cb/Cr planes at trim scale -> CHROMA_BYTES: the planes of the picture as
-    stored, then of the trimmed box, each area-averaged to CHROMA_SIDE, offset by 128."""
+def chroma_thumbnails(
+    colour: Image.Image, box: tuple[int, int, int, int] | None, trim_scale: tuple[int, int]
+) -> bytes:
+    """A colour picture ("YCbCr" or "RGB", `Picture.colour`) -> CHROMA_BYTES: the Cb and
+    Cr planes (offset by 128, as JPEG stores them) of the picture as stored, then of the
+    trimmed box (given at `trim_scale`), each area-averaged to CHROMA_SIDE. Averaging and
+    the YCbCr transform are both linear, so shrinking RGB first changes nothing but
+    rounding."""
+    sx, sy = colour.width / trim_scale[0], colour.height / trim_scale[1]
+    boxes = [None] + ([None] if box is None else [(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)])
     out = []
-    for view in (chroma, chroma if box is None else chroma[:, box[1] : box[3], box[0] : box[2]]):
-        for plane in view:
-            small = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), "F").resize(
-                (CHROMA_SIDE, CHROMA_SIDE), Image.Resampling.BOX
-            )
-            out.append(np.clip(np.rint(np.asarray(small) + 128.0), 0, 255).astype(np.uint8).tobytes())
+    for region in boxes:
+        small = colour.resize((CHROMA_SIDE, CHROMA_SIDE), Image.Resampling.BOX, box=region)
+        planes = np.asarray(small if small.mode == "YCbCr" else small.convert("YCbCr"))[..., 1:]
+        out.append(np.ascontiguousarray(planes.transpose(2, 0, 1)).tobytes())
     return b"".join(out)
 
 
@@ -216,7 +221,7 @@ class PerceptualCodes(NamedTuple):
 
 
 def perceptual_codes(
-    gray: Image.Image, *, chroma: np.ndarray | None = None, windows: bool = True, rotations: bool = False
+    gray: Image.Image, *, colour: Image.Image | None = None, windows: bool = True, rotations: bool = False
 ) -> PerceptualCodes:
     """Whole-image codes, crop-window codes, mirror/rotation codes and verification
     thumbnails of a greyscale picture; windows and rotations are empty unless asked for,
@@ -229,8 +234,8 @@ def perceptual_codes(
     code(s) (`folded_code`), after the others. Low-information pictures get no code at all (nor
     mirror/rotation codes): they match by exact bytes only.
 
-    `chroma`: the picture's Cb/Cr planes at trim scale (`Picture.chroma`), None for a
-    grey picture; it only feeds the verification thumbnails.
+    `colour`: the picture in colour (`Picture.colour`), None for a grey picture; it only
+    feeds the verification thumbnails.
     """
     small = downscale_for_trim(gray)
     box = trim_box(small)
@@ -259,12 +264,10 @@ def perceptual_codes(
     whole += [code for code in folded if code not in whole]
     rotated = rotated_codes(blocks, whole) if rotations else ()
     if whole:
-        if chroma is not None and chroma.shape[1:] != small.size[::-1]:
-            raise ValueError(f"chroma planes {chroma.shape[1:]} do not match the trim scale {small.size[::-1]}")
-        colour = chroma_thumbnails(chroma, box) if chroma is not None else None
+        chroma = chroma_thumbnails(colour, box, small.size) if colour is not None else None
         left, top, right, bottom = box if box is not None else (0, 0, small.width, small.height)
         aspects = (gray.width / gray.height, (right - left) / (bottom - top))
-        thumbs = thumbnails(inputs[0], inputs[-1], colour, aspects)
+        thumbs = thumbnails(inputs[0], inputs[-1], chroma, aspects)
     else:
         thumbs = b""
     if not whole or not windows:
@@ -411,9 +414,10 @@ class Picture(NamedTuple):
 
     #: 8-bit luminance ("L"), possibly smaller than the original (DCT scaling).
     gray: Image.Image
-    #: Cb and Cr minus 128, float32, shape (2, h, w) at trim scale (`trim_size`): only
-    #: the verification thumbnails use colour. None for a grey picture.
-    chroma: np.ndarray | None
+    #: The same picture in colour, "YCbCr" (JPEG, as decoded) or "RGB" (others, shrunk to
+    #: at most the trim scale), transparency flattened: only the verification thumbnails
+    #: use colour. None for a grey picture.
+    colour: Image.Image | None
 
 
 def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tuple[int, int]]:
@@ -462,12 +466,12 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
             if orientation in (5, 6, 7, 8):
                 width, height = height, width
         gray = to_luminance(flatten_for_hashing(image))
-        chroma = chroma_for_hashing(image, trim_size(gray.size))
+        colour = colour_for_hashing(image, trim_size(gray.size))
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UndecodableImage(f"image data is corrupt or truncated: {exc}") from None
     except Image.DecompressionBombError as exc:  # pragma: no cover - guarded above
         raise DecompressionBomb(str(exc)) from None
-    return Picture(gray, chroma), fmt, (width, height)
+    return Picture(gray, colour), fmt, (width, height)
 
 
 #: EXIF Orientation value -> the transpose that makes the image upright (as in
@@ -523,31 +527,22 @@ def _is_transparent(image: Image.Image) -> bool:
 #: Modes without colour: their pictures get neutral colour planes.
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 
-#: RGB -> (Cb, Cr) - 128, as JPEG (ITU-R BT.601, full range) defines them.
-_RGB_TO_CHROMA = np.array([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=np.float32)
-
-
-def chroma_for_hashing(image: Image.Image, size: tuple[int, int]) -> np.ndarray | None:
-    """The picture's Cb/Cr planes (minus 128) at `size`, transparency flattened onto the
-    background like the grey picture; None for a grey picture.
-
-    Shrinking comes first, at most one pass over the full picture: area averaging and
-    the YCbCr transform are both linear, so the order does not change the result (up
-    to rounding), and transparency is averaged premultiplied, which is what compositing
-    onto a background and then shrinking gives."""
+def colour_for_hashing(image: Image.Image, size: tuple[int, int]) -> Image.Image | None:
+    """The picture in colour for the verification thumbnails (`Picture.colour`), or None
+    for a grey picture. A JPEG's decoded YCbCr is used as it is; anything else is shrunk
+    to `size` (the trim scale) in one pass, transparency averaged premultiplied and then
+    put on the background, which is what compositing first and shrinking after gives."""
     mode = image.mode
     if mode in _GREY_MODES or mode.startswith("I;16"):
         return None
     if mode == "YCbCr":
-        planes = np.asarray(image.resize(size, Image.Resampling.BOX), dtype=np.float32)[..., 1:] - 128.0
-        return np.ascontiguousarray(planes.transpose(2, 0, 1))
-    if _is_transparent(image):
-        premultiplied = np.asarray(image.convert("RGBA").convert("RGBa").resize(size, Image.Resampling.BOX), dtype=np.float32)
-        cover = premultiplied[..., 3:] / 255.0
-        rgb = premultiplied[..., :3] + (1.0 - cover) * np.asarray(FLATTEN_BACKGROUND, dtype=np.float32)
-    else:
-        rgb = np.asarray((image if mode == "RGB" else image.convert("RGB")).resize(size, Image.Resampling.BOX), dtype=np.float32)
-    return np.ascontiguousarray((rgb @ _RGB_TO_CHROMA.T).transpose(2, 0, 1))
+        return image
+    if not _is_transparent(image):
+        return (image if mode == "RGB" else image.convert("RGB")).resize(size, Image.Resampling.BOX)
+    premultiplied = np.asarray(image.convert("RGBA").convert("RGBa").resize(size, Image.Resampling.BOX), dtype=np.float32)
+    cover = premultiplied[..., 3:] / 255.0
+    rgb = premultiplied[..., :3] + (1.0 - cover) * np.asarray(FLATTEN_BACKGROUND, dtype=np.float32)
+    return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
 
 
 def normalise_mode(image: Image.Image) -> Image.Image:

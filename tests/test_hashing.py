@@ -39,7 +39,7 @@ from service.hashing import (
     HASH_SIZE,
     ImageLimits,
     bits_to_int,
-    chroma_for_hashing,
+    chroma_thumbnails,
     code_hex,
     decode_for_hashing,
     fingerprint,
@@ -207,7 +207,7 @@ def test_exif_rotation_decode_returns_upright_image():
     assert picture.gray.size == (600, 400)
     assert picture.gray.mode == "L"
     # The colour planes are upright too, at the trim scale of the grey picture.
-    assert picture.chroma is not None and picture.chroma.shape == (2, 85, 128)
+    assert picture.colour is not None and picture.colour.size == (128, 85)
 
 
 @pytest.mark.parametrize(
@@ -299,7 +299,7 @@ def test_palette_image_without_transparency():
     palette = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
     data = png(palette)
     decoded, _, _ = decode_for_hashing(data, LIMITS.max_pixels)
-    assert decoded.gray.mode == "L" and decoded.chroma is not None
+    assert decoded.gray.mode == "L" and decoded.colour is not None
     assert hamming(code_of(data), code_of(png(image))) <= 4
     assert hamming(code_of(gif(image)), code_of(png(image))) <= 6
 
@@ -355,9 +355,14 @@ def test_colour_jpeg_decodes_as_scaled_luminance_and_hashes_like_the_full_decode
     grey_only = Image.open(io.BytesIO(data))
     grey_only.draft("L", (64, 64))
     assert np.array_equal(np.asarray(decoded.gray), np.asarray(grey_only.convert("L")))
-    # Colour planes: as from the full RGB decode, shrunk (JPEG chroma units, 128 = grey).
-    slow = chroma_for_hashing(full.convert("RGB"), decoded.chroma.shape[:0:-1])
-    assert decoded.chroma.shape == slow.shape and np.abs(decoded.chroma - slow).mean() < 1.5
+    # The decoder's own colour, at its scale: the colour thumbnails are what the full RGB
+    # decode gives (JPEG chroma units, 128 = grey).
+    assert decoded.colour.mode == "YCbCr" and decoded.colour.size == decoded.gray.size
+    trim_scale = (decoded.gray.width // 2, decoded.gray.height // 2)
+    box = (3, 2, trim_scale[0] - 5, trim_scale[1] - 1)
+    fast = np.frombuffer(chroma_thumbnails(decoded.colour, box, trim_scale), dtype=np.uint8)
+    slow = np.frombuffer(chroma_thumbnails(full.convert("RGB"), box, trim_scale), dtype=np.uint8)
+    assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 1.5
 
 
 @pytest.mark.parametrize("name", ["astronaut", "rocket"])
@@ -366,7 +371,7 @@ def test_cmyk_jpeg(name):
     data = jpeg(image.convert("CMYK"), quality=90)
     decoded, fmt, size = decode_for_hashing(data, LIMITS.max_pixels)
     assert fmt == "JPEG" and size == image.size
-    assert decoded.gray.mode == "L" and decoded.chroma is not None
+    assert decoded.gray.mode == "L" and decoded.colour is not None
     assert hamming(code_of(data), code_of(jpeg(image, quality=90))) <= 4
 
 
@@ -380,7 +385,7 @@ def test_sixteen_bit_grayscale_png_is_scaled_not_clipped():
     assert image16.mode == "I;16"
     data = png(image16)
     decoded, fmt, _ = decode_for_hashing(data, LIMITS.max_pixels)
-    assert fmt == "PNG" and decoded.gray.mode == "L" and decoded.chroma is None
+    assert fmt == "PNG" and decoded.gray.mode == "L" and decoded.colour is None
     assert hamming(code_of(data), code_of(png(gray8))) <= 4
     # What a naive convert("L") (clipping at 255) would have produced is far away.
     clipped = image16.convert("L")
@@ -393,7 +398,7 @@ def test_one_bit_image():
     bilevel = gray.convert("1")
     data = png(bilevel)
     decoded, _, _ = decode_for_hashing(data, LIMITS.max_pixels)
-    assert decoded.gray.mode == "L" and decoded.chroma is None
+    assert decoded.gray.mode == "L" and decoded.colour is None
     assert hamming(code_of(data), code_of(png(bilevel.convert("L")))) == 0
 
 
