@@ -4,17 +4,19 @@ measured in the same run on the same bytes (single process = one core)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import imagehash
 from PIL import Image
 
-from ..hashing import ImageLimits, decode_for_hashing, fingerprint
+from ..hashing import ImageLimits, decode_for_hashing, fingerprint, perceptual_codes
 from .images import encoded, photo_1280x960
 
 # Generous size limits (benchmark inputs are trusted); matching as in the service's default
@@ -23,7 +25,7 @@ LIMITS = ImageLimits(max_bytes=200_000_000, max_pixels=500_000_000)
 SINGLE_CODE = ImageLimits(max_bytes=200_000_000, max_pixels=500_000_000, crop_windows=False)
 
 
-def _rate(func: Callable[[bytes], object], inputs: list[bytes], min_seconds: float) -> float:
+def _rate(func: Callable[[Any], object], inputs: list[Any], min_seconds: float) -> float:
     for data in inputs[:3]:
         func(data)  # warm caches and lazy imports
     done = 0
@@ -55,6 +57,26 @@ def _imagehash(data: bytes) -> object:
     return imagehash.phash(Image.open(io.BytesIO(data)))
 
 
+def breakdown(inputs: list[bytes], min_seconds: float) -> dict[str, float]:
+    """Where one fingerprint's time goes, in ms per image, each stage timed on its own
+    through the same public functions `fingerprint` calls (the windows as the difference
+    between perceptual codes with and without them); "other" is what is left of the
+    whole fingerprint."""
+    pictures = [decode_for_hashing(data, LIMITS.max_pixels)[0] for data in inputs]
+    ms = {
+        "SHA-256": 1000 / _rate(lambda data: hashlib.sha256(data).digest(), inputs, min_seconds),
+        "decode (guarded, DCT-scaled, colour kept)": 1000 / _rate(_decode_only, inputs, min_seconds),
+        "trim, whole-image codes, thumbnails": 1000 / _rate(
+            lambda p: perceptual_codes(p.gray, colour=p.colour, windows=False), pictures, min_seconds),
+    }
+    with_windows = 1000 / _rate(lambda p: perceptual_codes(p.gray, colour=p.colour), pictures, min_seconds)
+    ms["crop-window codes"] = with_windows - ms["trim, whole-image codes, thumbnails"]
+    total = 1000 / _rate(_ours, inputs, min_seconds)
+    ms["other (fingerprint assembly, EXIF, checks)"] = total - sum(ms.values())
+    ms["total"] = total
+    return {name: round(value, 3) for name, value in ms.items()}
+
+
 def corpus_files(corpus: Path, limit: int) -> list[bytes]:
     paths = sorted(p for p in corpus.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:limit]
     return [p.read_bytes() for p in paths]
@@ -83,7 +105,10 @@ def run(count: int = 20, min_seconds: float = 3.0, corpus: Path | None = None) -
                          "imagehash_phash_per_s": round(baseline, 1), "ratio": round(ours / baseline, 2),
                          "ratio_without_crop_windows": round(single / baseline, 2),
                          "decode_only_per_s": round(floor, 1)}
-    line = {"bench": "hashing", "results": results}
+    parts = breakdown(sets["1280x960 JPEG"], min_seconds)
+    print("  where the time goes, 1280x960 JPEG (ms per image): "
+          + ", ".join(f"{name} {value:.2f}" for name, value in parts.items()))
+    line = {"bench": "hashing", "results": results, "breakdown_1280x960_jpeg_ms": parts}
     print(json.dumps(line))
     return line
 
