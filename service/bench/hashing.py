@@ -72,7 +72,7 @@ def breakdown(inputs: list[bytes], min_seconds: float) -> dict[str, float]:
     with_windows = 1000 / _rate(lambda p: perceptual_codes(p.gray, colour=p.colour), pictures, min_seconds)
     ms["crop-window codes"] = with_windows - ms["trim, whole-image codes, thumbnails"]
     total = 1000 / _rate(_ours, inputs, min_seconds)
-    ms["other (fingerprint assembly, EXIF, checks)"] = total - sum(ms.values())
+    ms["other (the whole fingerprint less its stages timed alone)"] = total - sum(ms.values())
     ms["total"] = total
     return {name: round(value, 3) for name, value in ms.items()}
 
