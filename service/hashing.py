@@ -7,10 +7,11 @@ flattened onto a fixed background, first frame of an animation, 16-bit and CMYK
 brought to 8-bit luminance.
 
 Speed: JPEGs are decoded with libjpeg's DCT scaling (`Image.draft`), which hands back a
-1/2, 1/4 or 1/8 size image straight from the DCT coefficients, and for colour JPEGs only
-the luminance channel. A 1280x960 JPEG then costs ~1.5 ms (the entropy decoding, which
-no scaling avoids) instead of a ~4 ms full decode, and the 32x32 pHash input loses
-nothing. Everything after the decode is a few small numpy operations (~0.5 ms).
+1/2, 1/4 or 1/8 size image straight from the DCT coefficients, as the decoder's own
+YCbCr planes (no RGB conversion; Y is the grey picture, the chroma planes feed only the
+colour thumbnails). A 1280x960 JPEG then costs ~1.6 ms (the entropy decoding, which no
+scaling avoids) instead of a ~4 ms full decode, and the 32x32 pHash input loses nothing.
+Everything after the decode is a few small numpy operations (~0.7 ms; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -72,9 +73,10 @@ class Fingerprint:
     #: for each whole-image code), when the rotation mode is on: query-side only, so a
     #: mirrored or rotated copy finds the stored original without growing the index.
     rotated_codes: tuple[int, ...] = ()
-    #: Two 16x16 grey thumbnails (as stored, borders trimmed) for the second look at a
-    #: candidate before it is called a duplicate (`verify.similarity`); empty for
-    #: pictures without perceptual codes.
+    #: Verification thumbnails for the second look at a candidate before it is called a
+    #: duplicate (`thumbnails`, `verify.second_look`): two 16x16 grey views (as stored,
+    #: borders trimmed), their colour and aspect ratios; empty for pictures without
+    #: perceptual codes.
     thumbnail: bytes = b""
 
     @property
@@ -454,8 +456,12 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
         if fmt in ("JPEG", "MPO"):
             # DCT-scaled decode, and for colour JPEGs libjpeg's own YCbCr planes: the
             # hash input is the Y plane as is, the chroma planes are only shrunk, and
-            # nothing is converted to RGB. CMYK keeps its mode. The EXIF block is kept.
-            image.draft("YCbCr" if image.mode in ("RGB", "YCbCr") else image.mode, (DRAFT_MIN_SIDE, DRAFT_MIN_SIDE))
+            # nothing is converted to RGB. A JPEG stored as RGB (Adobe transform 0)
+            # has no YCbCr planes and libjpeg cannot make them: it stays RGB. CMYK
+            # keeps its mode. The EXIF block is kept.
+            stored_as_rgb = image.info.get("adobe_transform") == 0
+            mode = "YCbCr" if image.mode in ("RGB", "YCbCr") and not stored_as_rgb else image.mode
+            image.draft(mode, (DRAFT_MIN_SIDE, DRAFT_MIN_SIDE))
         image.seek(0)  # first frame of animations / multi-page files
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -529,7 +535,8 @@ _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 
 def colour_for_hashing(image: Image.Image, size: tuple[int, int]) -> Image.Image | None:
     """The picture in colour for the verification thumbnails (`Picture.colour`), or None
-    for a grey picture. A JPEG's decoded YCbCr is used as it is; anything else is shrunk
+    for a grey picture. A YCbCr picture (a JPEG as decoded) is used as it is; anything
+    else is shrunk
     to `size` (the trim scale) in one pass, transparency averaged premultiplied and then
     put on the background, which is what compositing first and shrinking after gives."""
     mode = image.mode
@@ -546,8 +553,8 @@ def colour_for_hashing(image: Image.Image, size: tuple[int, int]) -> Image.Image
 
 
 def normalise_mode(image: Image.Image) -> Image.Image:
-    """Bring any Pillow mode to 8-bit "L" or "RGB" with alpha flattened ("YCbCr", what
-    the JPEG decoder hands over, stays: its Y plane is the luminance)."""
+    """Bring any Pillow mode to 8-bit "L" or "RGB" with alpha flattened ("YCbCr" stays:
+    its Y plane is the luminance)."""
     mode = image.mode
     if mode == "YCbCr":
         return image

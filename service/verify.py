@@ -3,8 +3,8 @@
 A 64-bit pHash throws away almost everything, so a candidate 9-12 bits away is as often
 a look-alike as a copy, and a crop matched through one of the original's crop-window
 codes has never been compared with the original at all. Each kept image therefore
-stores two 16x16 grey thumbnails (512 bytes): the picture as stored and with its uniform
-borders trimmed, i.e. the 32x32 hash inputs halved. A query's thumbnails are compared
+stores two 16x16 grey thumbnails: the picture as stored and with its uniform borders
+trimmed, i.e. the 32x32 hash inputs halved (with their colour and aspect ratios, below). A query's thumbnails are compared
 with a candidate's at 8x8 by Pearson correlation (brightness, contrast and most colour
 work leave it near 1), against the candidate's whole picture and against each of its
 crop windows cut from the trimmed thumbnail, so a crop is compared with the part of the
@@ -22,7 +22,7 @@ laid out alike; a colourful query against a grey candidate is no copy (colour is
 added by the edits a copy goes through; a tint is uniform, so it adds no layout); a grey
 query (a greyscale copy) is never ruled out by colour.
 
-Pure functions, no I/O: the decision rules call `similarity` on what the index returns.
+Pure functions, no I/O: the decision rules call `second_look` on what the index returns.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def colour_agrees(query: np.ndarray, stored: np.ndarray) -> bool | None:
     gain a colour layout; a tint is uniform and adds none), or for two colourful views
     whose colours are laid out differently (two flags of one layout in other colours).
 
-    A logo or a caption pasted on a copy colours a cell or two of the 4x4 grid, so the
+    A logo or a caption pasted on a copy colours a cell of the 4x4 grid, so the
     query's colourfulness leaves out its OVERLAY_CELLS most colourful cells, and the
     layouts are compared without the cells where they disagree most."""
     q = query.reshape(2, -1) - query.reshape(2, -1).mean(axis=1, keepdims=True)

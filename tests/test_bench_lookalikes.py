@@ -37,3 +37,16 @@ def test_counted_apart_by_name():
     assert counted_apart("a.png", "a.png")
     assert counted_apart("openclipart__stars_star_43pt02step.png", "openclipart__stars_star_89pt03step.png")
     assert not counted_apart("openclipart__white_white_c_4.png", "openclipart__white_white_s_4.png")
+
+
+def test_different_thin_line_drawings_do_not_show_the_same_pixels():
+    # Little ink on white: two different drawings differ by little in absolute terms.
+    def drawing(points: list[tuple[int, int]]) -> Image.Image:
+        image = Image.new("RGB", (900, 900), (255, 255, 255))
+        ImageDraw.Draw(image).line(points, fill=(0, 0, 0), width=1)
+        return image
+
+    a = drawing([(100, 100), (800, 450), (100, 800), (450, 100), (800, 800)])
+    b = drawing([(100, 450), (800, 100), (450, 800), (100, 100), (800, 450)])
+    assert not same_pixels(pixel_thumbnail(a), pixel_thumbnail(b)[None])[0]
+    assert same_pixels(pixel_thumbnail(a), pixel_thumbnail(a.resize((450, 450), Image.Resampling.LANCZOS))[None])[0]

@@ -851,3 +851,19 @@ def test_asymmetric_photos_get_no_folded_code():
 
     for name in SAMPLE_NAMES:
         assert folded_code(hash_input(sample_image(name, "L"))) is None, name
+
+
+def test_jpeg_stored_as_rgb_decodes_and_hashes_like_its_ycbcr_twin():
+    # Adobe transform 0: the JPEG holds RGB planes; libjpeg cannot hand them over as YCbCr.
+    image = sample_image("coffee")
+    as_rgb, as_ycbcr = io.BytesIO(), io.BytesIO()
+    image.save(as_rgb, "JPEG", quality=90, keep_rgb=True)
+    image.save(as_ycbcr, "JPEG", quality=90)
+    with Image.open(io.BytesIO(as_rgb.getvalue())) as probe:
+        assert probe.info.get("adobe_transform") == 0
+    stored_rgb, stored_ycbcr = fp(as_rgb.getvalue()), fp(as_ycbcr.getvalue())
+    assert hamming(stored_rgb.primary_code, stored_ycbcr.primary_code) <= 2
+    from service.verify import second_look
+
+    look = second_look(stored_rgb.thumbnail, stored_ycbcr.thumbnail)
+    assert look.similarity > 0.98 and look.colour is not False and look.shape is True

@@ -221,7 +221,11 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
         for entry in prepared:
             if entry["role"] == "negative" and "pixels" in entry:
                 same = same_pixels(entry["pixels"], original_pixels)  # type: ignore[arg-type]
-                pixel_partners[Path(str(entry["path"])).name] = {original_ids[i] for i in np.flatnonzero(same)}
+                # The original, or the kept one it was judged a duplicate of (the name a
+                # match would carry).
+                pixel_partners[Path(str(entry["path"])).name] = {
+                    name for i in np.flatnonzero(same) for name in (original_ids[i], canonical[original_ids[i]])
+                }
 
         tallies: dict[str, Tally] = defaultdict(Tally)
         per_variant: dict[str, Tally] = defaultdict(Tally)

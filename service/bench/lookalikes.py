@@ -50,11 +50,21 @@ def pixel_thumbnail(rgb: Image.Image) -> np.ndarray:
     return np.asarray(rgb.convert("RGB").resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BOX), dtype=np.uint8)
 
 
+#: ... nor by more than this share of the pictures' own spread (std of the thumbnail),
+#: with a floor for rounding: two different thin-line drawings on white differ by
+#: little in absolute terms (~8 levels), because there is little in them (std ~2).
+MAX_PIXEL_DIFFERENCE_OF_STD = 0.5
+PIXEL_DIFFERENCE_FLOOR = 3
+
+
 def same_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Do pixel thumbnail `a` and each of the stacked thumbnails `b` show the same
     pixels (identical files, or a resize)? A boolean per row of `b`."""
-    difference = np.abs(b.astype(np.int16) - a.astype(np.int16)[None])
-    return difference.reshape(len(b), -1).max(axis=1) <= MAX_PIXEL_DIFFERENCE
+    a16, b16 = a.astype(np.int16), b.astype(np.int16)
+    difference = np.abs(b16 - a16[None]).reshape(len(b), -1).max(axis=1)
+    spread = np.maximum(b16.reshape(len(b), -1).std(axis=1), float(a16.std()))
+    allowed = np.minimum(MAX_PIXEL_DIFFERENCE, np.maximum(PIXEL_DIFFERENCE_FLOOR, MAX_PIXEL_DIFFERENCE_OF_STD * spread))
+    return difference <= allowed
 
 
 def counted_apart(a: str, b: str) -> bool:
