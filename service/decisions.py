@@ -1,10 +1,10 @@
 """The verdict rules, as pure functions of what the index found.
 
 A near candidate is a duplicate when its code is close *and* a second look agrees: the
-tiny-thumbnail correlation of `verify.second_look`, and its colour check. Within the duplicate radius the look
-only has to rule out a look-alike (similarity >= `min_similarity`); between the duplicate
-and the review radius it has to confirm a copy (>= `confirm_similarity`). Anything else
-within the review radius is `review`. A candidate stored without thumbnails (written by
+tiny-thumbnail correlation of `verify.second_look`, with its colour and shape checks.
+Within the duplicate radius the look only has to rule out a look-alike (similarity >=
+`min_similarity`); between the duplicate and the review radius it has to confirm a copy
+(>= `confirm_similarity`). Anything else within the review radius is `review`. A candidate stored without thumbnails (written by
 an older version) is judged by distance alone, as before.
 
 Kept images (verdict `accepted` or `review`) are the ones an upload pipeline stores, so

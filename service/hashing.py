@@ -509,15 +509,10 @@ def flatten_for_hashing(image: Image.Image) -> Image.Image:
     onto the background's luminance. Luminance is linear in RGB, so compositing the grey
     picture equals compositing in colour and then taking the grey (up to rounding), on
     one channel instead of four (compositing was the largest cost of a cut-out PNG)."""
-    mode = image.mode
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    elif mode in ("L", "RGB") and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"  # colour-key transparency (PNG tRNS)
-    elif mode in ("PA", "RGBa", "La"):
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode not in ("RGBA", "LA"):
+    if not _is_transparent(image):
         return normalise_mode(image)
+    if image.mode not in ("RGBA", "LA"):  # palette, premultiplied, colour-key (PNG tRNS)
+        image = image.convert("RGBA")
     alpha = image.getchannel("A")
     flat = Image.new("L", image.size, _BACKGROUND_LUMINANCE)
     flat.paste(image.convert("L"), (0, 0), alpha)
@@ -525,6 +520,7 @@ def flatten_for_hashing(image: Image.Image) -> Image.Image:
 
 
 def _is_transparent(image: Image.Image) -> bool:
+    """Alpha, or a palette / colour-key (PNG tRNS) transparency."""
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode in ("P", "L", "RGB") and "transparency" in image.info
     )
@@ -533,12 +529,13 @@ def _is_transparent(image: Image.Image) -> bool:
 #: Modes without colour: their pictures get neutral colour planes.
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 
+
 def colour_for_hashing(image: Image.Image, size: tuple[int, int]) -> Image.Image | None:
     """The picture in colour for the verification thumbnails (`Picture.colour`), or None
     for a grey picture. A YCbCr picture (a JPEG as decoded) is used as it is; anything
-    else is shrunk
-    to `size` (the trim scale) in one pass, transparency averaged premultiplied and then
-    put on the background, which is what compositing first and shrinking after gives."""
+    else is shrunk to `size` (the trim scale) in one pass, transparency averaged
+    premultiplied and then put on the background, which is what compositing first and
+    shrinking after gives."""
     mode = image.mode
     if mode in _GREY_MODES or mode.startswith("I;16"):
         return None
@@ -546,7 +543,8 @@ def colour_for_hashing(image: Image.Image, size: tuple[int, int]) -> Image.Image
         return image
     if not _is_transparent(image):
         return (image if mode == "RGB" else image.convert("RGB")).resize(size, Image.Resampling.BOX)
-    premultiplied = np.asarray(image.convert("RGBA").convert("RGBa").resize(size, Image.Resampling.BOX), dtype=np.float32)
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    premultiplied = np.asarray(rgba.convert("RGBa").resize(size, Image.Resampling.BOX), dtype=np.float32)
     cover = premultiplied[..., 3:] / 255.0
     rgb = premultiplied[..., :3] + (1.0 - cover) * np.asarray(FLATTEN_BACKGROUND, dtype=np.float32)
     return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
@@ -600,8 +598,8 @@ def to_luminance(image: Image.Image) -> Image.Image:
 #: a tolerance of the edge's median. The tolerance is relative to the picture's own
 #: contrast (so brightness and contrast changes of a copy trim the same band), with a
 #: floor for JPEG noise in flat bars: a black frame JPEG-encoded around a small cut-out
-#: holds values up to ~8 next to the picture, which a floor of 3 left untrimmed
-#: (v7; `imgdedup bench accuracy`, overlay/border-black).
+#: holds noise next to the picture that a floor of 3 left untrimmed (v7;
+#: tests/test_hashing.py, and overlay/border-black in `imgdedup bench accuracy`).
 BORDER_SHARE = 0.97
 BORDER_TOLERANCE_OF_STD = 0.08
 BORDER_TOLERANCE_FLOOR = 8.0

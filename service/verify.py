@@ -4,8 +4,8 @@ A 64-bit pHash throws away almost everything, so a candidate 9-12 bits away is a
 a look-alike as a copy, and a crop matched through one of the original's crop-window
 codes has never been compared with the original at all. Each kept image therefore
 stores two 16x16 grey thumbnails: the picture as stored and with its uniform borders
-trimmed, i.e. the 32x32 hash inputs halved (with their colour and aspect ratios, below). A query's thumbnails are compared
-with a candidate's at 8x8 by Pearson correlation (brightness, contrast and most colour
+trimmed, i.e. the 32x32 hash inputs halved (with their colour and aspect ratios, below).
+A query's thumbnails are compared with a candidate's at 8x8 by Pearson correlation (brightness, contrast and most colour
 work leave it near 1), against the candidate's whole picture and against each of its
 crop windows cut from the trimmed thumbnail, so a crop is compared with the part of the
 original it came from. The best correlation is the similarity.
@@ -179,7 +179,9 @@ def second_look(query: bytes, stored: bytes, *, symmetries: bool = False) -> Loo
     sim = float(scores[best_stored, best_query])
     if q.chroma is None or s.chroma is None:
         return Look(sim, None, shape)
-    colour = colour_agrees(_colour_view(q.chroma, int(best_query), symmetries), _stored_colour_view(s.chroma, int(best_stored)))
+    colour = colour_agrees(
+        _colour_view(q.chroma, int(best_query), symmetries), _stored_colour_view(s.chroma, int(best_stored))
+    )
     return Look(sim, colour, shape)
 
 
@@ -205,8 +207,7 @@ def _colour_view(chroma: np.ndarray, view: int, symmetries: bool) -> np.ndarray:
     if not symmetries:
         return _halve(chroma[view])
     source, turn = divmod(view, 8)
-    planes = _halve(chroma[source])
-    return np.stack([_symmetries(plane[None])[turn] for plane in planes])
+    return _symmetries(_halve(chroma[source]))[turn::8]  # the same turn of Cb and of Cr
 
 
 def colour_agrees(query: np.ndarray, stored: np.ndarray) -> bool | None:

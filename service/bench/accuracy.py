@@ -215,8 +215,9 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
         registered = set(canonical)
         # Negatives showing the same pixels as a registered original (an identical file
         # or a resize of it under another name) have that original as a partner.
-        original_ids = [Path(str(e["path"])).name for e in originals if Path(str(e["path"])).name in registered]
-        original_pixels = np.stack([e["pixels"] for e in originals if Path(str(e["path"])).name in registered])
+        kept = [(Path(str(e["path"])).name, e["pixels"]) for e in originals if Path(str(e["path"])).name in registered]
+        original_ids = [name for name, _ in kept]
+        original_pixels = np.stack([pixels for _, pixels in kept])  # type: ignore[misc]
         pixel_partners: dict[str, set[str]] = {}
         for entry in prepared:
             if entry["role"] == "negative" and "pixels" in entry:
@@ -256,9 +257,9 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
                             tally.baselines[baseline_name] += 1
             else:
                 # Every negative is counted. A match with its partner among the originals
-                # (the same pixels, the same picture reviewed by eye, or another member of
-                # the star polygon family) is not a false positive: it is counted in a row of its
-                # own instead. The "all counted" row excuses nothing.
+                # (the same pixels, the same picture reviewed by eye, or another member
+                # of the star polygon family) is not a false positive: it is counted in a
+                # row of its own instead. The "all counted" row excuses nothing.
                 partners = {i for i in registered if counted_apart(query_name, i)} | pixel_partners.get(query_name, set())
                 rows: list[tuple[Tally, set[str]]] = [
                     (tallies[family], partners), (per_variant[f"{family}/{name}"], partners),
@@ -360,9 +361,9 @@ def _markdown(result: dict[str, object], config: dict[str, object]) -> str:
         "(imgdedup) or with their original within the threshold (baselines, brute force). The `negative` row is "
         "the false-positive rate: share of never-registered images (raw, and halved at JPEG q50) that matched "
         "anything other than its partner: a registered original with the same pixels (an identical file or a "
-        "resize of it under another name: at 16x16 RGB no pixel differs by more than 16 of 255), the same "
-        "picture drawn twice (pairs reviewed by eye) or, for a member of the generated star polygon family (thin-line rings that differ in width), "
-        "another member (`service/bench/lookalikes.py`). Matches with a partner are counted in a row of their "
+        "resize of it under another name: at 16x16 RGB no pixel differs by more than 16 of 255, nor by more "
+        "than half the picture's spread), the same picture drawn twice (pairs reviewed by eye) or, for a member "
+        "of the generated star polygon family (thin-line rings that differ in width), another member (`service/bench/lookalikes.py`). Matches with a partner are counted in a row of their "
         "own; the `all counted` row counts every match as a false positive.",
         "",
         "## Summary",

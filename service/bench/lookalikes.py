@@ -3,9 +3,10 @@
 `../shared/README.md` warns that the corpus is not de-duplicated. Three kinds are counted
 apart: pairs with the same pixels under two names (identical files, or one a resize of
 the other: `same_pixels`), pairs that are the same picture drawn twice (looked at by
-eye, docs/design.md "What is a false positive"), and the generated star polygon family. A never-registered
-image with such a partner among the registered originals goes to rows of its own, and
-to an "all counted" row with every other negative, so nothing is hidden.
+eye, docs/design.md "What is a false positive"), and the generated star polygon family.
+A never-registered image with such a partner among the registered originals goes to
+rows of its own, and to an "all counted" row with every other negative, so nothing is
+hidden.
 """
 
 from __future__ import annotations
@@ -39,22 +40,19 @@ SAME_PICTURE_PAIRS: frozenset[frozenset[str]] = frozenset(
 
 #: `same_pixels`: both pictures area-averaged to this square, in RGB on white ...
 PIXEL_SIDE = 16
-#: ... differ nowhere by more than this (of 255). Resizes of the sample photos to 1/1.5
-#: .. 1/3.2 of their size stay within 13; two playing cards that differ in one pip
-#: differ by ~250 where it is (tests/test_bench_lookalikes.py).
+#: ... differ nowhere by more than this (of 255): a resize of a photo stays within it,
+#: two playing cards that differ in one pip do not (tests/test_bench_lookalikes.py) ...
 MAX_PIXEL_DIFFERENCE = 16
+#: ... nor by more than this share of the pictures' own spread (std of the thumbnail),
+#: with a floor for rounding: two different thin-line drawings on white differ by
+#: little in absolute terms, because there is little in them (the same tests).
+MAX_PIXEL_DIFFERENCE_OF_STD = 0.5
+PIXEL_DIFFERENCE_FLOOR = 3
 
 
 def pixel_thumbnail(rgb: Image.Image) -> np.ndarray:
     """The flattened RGB picture as `same_pixels` compares it."""
     return np.asarray(rgb.convert("RGB").resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BOX), dtype=np.uint8)
-
-
-#: ... nor by more than this share of the pictures' own spread (std of the thumbnail),
-#: with a floor for rounding: two different thin-line drawings on white differ by
-#: little in absolute terms (~8 levels), because there is little in them (std ~2).
-MAX_PIXEL_DIFFERENCE_OF_STD = 0.5
-PIXEL_DIFFERENCE_FLOOR = 3
 
 
 def same_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
