@@ -21,10 +21,10 @@ import uuid
 import numpy as np
 import redis
 import redis.asyncio as aioredis
+from imgdedup_devtools.bench.bulkload import key_base, load_buckets, write_meta
 
-from service.bench.bulkload import key_base, load_buckets, write_meta
-from service.index.redis_mih import RedisMihIndex
-from service.mih import nearest_per_seq, probe_radii, split_code, substring_widths, unpack_records
+from imgdedup.index.mih import nearest_per_seq, probe_radii, split_code, substring_widths, unpack_records
+from imgdedup.index.redis.index import RedisMihIndex
 
 RADIUS = 12
 

@@ -15,8 +15,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service.index.memory import MemoryIndex
-from service.index.redis_mih import RedisMihIndex
+from imgdedup.index.memory import MemoryIndex
+from imgdedup.index.redis.index import RedisMihIndex
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TEST_SUBSTRINGS = 4

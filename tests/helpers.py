@@ -12,13 +12,13 @@ import zlib
 from functools import cache
 from pathlib import Path
 
+import imgdedup_devtools.samples
 import numpy as np
 from PIL import Image
 
-import service
-from service.hashing import Fingerprint
+from imgdedup.fingerprint.hashing import Fingerprint
 
-SAMPLES_DIR = Path(service.__file__).parent / "samples"
+SAMPLES_DIR = Path(imgdedup_devtools.samples.__file__).parent
 SAMPLE_NAMES = tuple(sorted(p.stem for p in SAMPLES_DIR.glob("*.jpg")))
 
 MASK64 = (1 << 64) - 1

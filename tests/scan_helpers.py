@@ -18,8 +18,8 @@ from helpers import SAMPLES_DIR, sample_image
 from imagegen import distinct_image
 from PIL import Image
 
-from service.config import Settings
-from service.scan import ScanOptions, ScanResult, scan
+from imgdedup.config import Settings
+from imgdedup.scan import ScanOptions, ScanResult, scan
 
 #: An hour apart, so "oldest"/"newest" keeper rules have something to decide.
 T0 = 1_600_000_000
@@ -60,7 +60,7 @@ class Estate:
 
 
 def build_estate(root: Path) -> Estate:
-    """Originals from service/samples, planted copies of them (exact, re-encoded, resized,
+    """Originals from the devtools samples, planted copies of them (exact, re-encoded, resized,
     other format), unrelated images, a corrupt file, a text file named .jpg, and a .txt.
     Originals are the oldest files."""
     estate = Estate(root)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from helpers import sample_image
+from imgdedup_devtools.bench.lookalikes import counted_apart, pixel_thumbnail, same_pixels
 from PIL import Image, ImageDraw
-
-from service.bench.lookalikes import counted_apart, pixel_thumbnail, same_pixels
 
 
 def _card(suit_dots: list[tuple[int, int]]) -> Image.Image:

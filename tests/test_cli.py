@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 
-from service.broker import free_port
+from helpers import SAMPLES_DIR
+from imgdedup_devtools.broker import free_port
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("IMGDEDUP_")}
     return subprocess.run(
-        [sys.executable, "-m", "service", *args], env={**base, **(env or {})},
+        [sys.executable, "-m", "imgdedup", *args], env={**base, **(env or {})},
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -46,7 +47,7 @@ def test_config_lists_every_setting_and_check_redacts_secrets() -> None:
 
 def test_hash_prints_fingerprints_and_errors_per_file(tmp_path) -> None:
     good = tmp_path / "a.jpg"
-    good.write_bytes((__import__("pathlib").Path(__file__).parent.parent / "service/samples/coffee.jpg").read_bytes())
+    good.write_bytes((SAMPLES_DIR / "coffee.jpg").read_bytes())
     bad = tmp_path / "b.jpg"
     bad.write_bytes(b"not an image")
     result = run_cli("hash", str(good), str(bad))

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from service.config import PREFIX, ConfigError, Settings
+from imgdedup.config import PREFIX, ConfigError, Settings
 
 
 def load(**env: str) -> Settings:
@@ -325,8 +325,8 @@ def test_substring_count_too_small_for_the_radius_is_refused():
 
 
 def test_tls_files_are_checked_and_reach_the_clients(tmp_path):
-    from service.app import redis_client
-    from service.kafka_clients import connection_options
+    from imgdedup.adapters.kafka_clients import connection_options
+    from imgdedup.app import redis_client
 
     problems = problems_of(kafka_ssl_certfile=str(tmp_path / "c.pem"))
     assert any("KAFKA_SSL_CERTFILE and IMGDEDUP_KAFKA_SSL_KEYFILE go together" in p for p in problems)

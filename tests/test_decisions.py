@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.decisions import (
+from imgdedup.decisions.rules import (
     KEPT_VERDICTS,
     Candidate,
     CheckVerdict,

@@ -37,7 +37,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.config import Settings
+from imgdedup.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -132,7 +132,7 @@ def settings_names() -> set[str]:
 
 def served_routes() -> dict[str, set[str]]:
     """Path -> methods the HTTP app serves (built without starting anything)."""
-    from service.http_api import create_http_app
+    from imgdedup.adapters.http_api import create_http_app
 
     async def readiness() -> dict[str, str]:
         return {}
@@ -653,7 +653,7 @@ def test_overlay_redis_tls_options_reach_the_redis_client() -> None:
     connection settings (nothing is connected)."""
     from redis.asyncio.connection import SSLConnection
 
-    from service.app import redis_client
+    from imgdedup.app import redis_client
 
     settings = k8s_settings("overlay")
     client = redis_client(settings)

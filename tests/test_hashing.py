@@ -27,7 +27,7 @@ from helpers import (
 )
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, features
 
-from service.errors import (
+from imgdedup.errors import (
     DecompressionBomb,
     EmptyImage,
     ImageTooLarge,
@@ -35,7 +35,7 @@ from service.errors import (
     UndecodableImage,
     UnsupportedImageType,
 )
-from service.hashing import (
+from imgdedup.fingerprint.hashing import (
     HASH_SIZE,
     ImageLimits,
     bits_to_int,
@@ -742,8 +742,8 @@ def test_plain_band_pictures_get_only_a_banded_code():
     # Plain bands: nearly every DCT coefficient is exactly zero, so a pHash's bits are
     # median ties (few bits set, and a re-encode breaks them at random). Such a picture
     # gets no pHash, only the banded code, which its copies share.
-    from service.hashing import _low_block as low_block
-    from service.hashing import banded_code, hash_input
+    from imgdedup.fingerprint.hashing import _low_block as low_block
+    from imgdedup.fingerprint.hashing import banded_code, hash_input
 
     vertical, horizontal = _bands(GUINEA), _bands([(0, 40, 160), (255, 255, 255), (0, 40, 160)], vertical=False, size=(300, 210))
     for picture in (vertical, horizontal):
@@ -757,7 +757,7 @@ def test_plain_band_pictures_get_only_a_banded_code():
 
 
 def test_banded_code_ignores_what_the_dead_zone_holds():
-    from service.hashing import BANDED_DEAD_ZONE, banded_code
+    from imgdedup.fingerprint.hashing import BANDED_DEAD_ZONE, banded_code
 
     block = np.zeros((HASH_SIZE, HASH_SIZE))
     block[0, 0], block[0, 1], block[0, 2] = 4000.0, -1000.0, 600.0
@@ -833,7 +833,7 @@ def _saltire_flag(size: tuple[int, int] = (600, 400)) -> Image.Image:
 
 
 def test_symmetric_picture_gets_a_folded_code_that_survives_reencoding():
-    from service.hashing import folded_code, hash_input
+    from imgdedup.fingerprint.hashing import folded_code, hash_input
 
     flag = _saltire_flag()
     original = fp(png(flag))
@@ -847,7 +847,7 @@ def test_symmetric_picture_gets_a_folded_code_that_survives_reencoding():
 
 
 def test_asymmetric_photos_get_no_folded_code():
-    from service.hashing import folded_code, hash_input
+    from imgdedup.fingerprint.hashing import folded_code, hash_input
 
     for name in SAMPLE_NAMES:
         assert folded_code(hash_input(sample_image(name, "L"))) is None, name
@@ -863,7 +863,7 @@ def test_jpeg_stored_as_rgb_decodes_and_hashes_like_its_ycbcr_twin():
         assert probe.info.get("adobe_transform") == 0
     stored_rgb, stored_ycbcr = fp(as_rgb.getvalue()), fp(as_ycbcr.getvalue())
     assert hamming(stored_rgb.primary_code, stored_ycbcr.primary_code) <= 2
-    from service.verify import second_look
+    from imgdedup.fingerprint.second_look import second_look
 
     look = second_look(stored_rgb.thumbnail, stored_ycbcr.thumbnail)
     assert look.similarity > 0.98 and look.colour is not False and look.shape is True

@@ -15,31 +15,31 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from helpers import SAMPLES_DIR
 from PIL import Image, ImageEnhance
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.config import Settings
-from service.decisions import Policy
-from service.dedup import Deduplicator
-from service.errors import ContentionError
-from service.hasher import Hasher, HashingCrashed
-from service.hashing import ImageLimits, hamming
-from service.http_api import METRICS_CONTENT_TYPE, create_http_app
-from service.index.base import DedupIndex
-from service.index.memory import MemoryIndex
-from service.index.redis_mih import RedisMihIndex
-from service.metrics import Metrics
+from imgdedup.adapters.http_api import METRICS_CONTENT_TYPE, create_http_app
+from imgdedup.config import Settings
+from imgdedup.decisions.deduplicator import Deduplicator
+from imgdedup.decisions.rules import Policy
+from imgdedup.errors import ContentionError
+from imgdedup.fingerprint.hashing import ImageLimits, hamming
+from imgdedup.hasher import Hasher, HashingCrashed
+from imgdedup.index.interface import DedupIndex
+from imgdedup.index.memory import MemoryIndex
+from imgdedup.index.redis.index import RedisMihIndex
+from imgdedup.metrics import Metrics
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-SAMPLES = Path(__file__).resolve().parent.parent / "service" / "samples"
+SAMPLES = SAMPLES_DIR
 MAX_BYTES = 200_000
 MAX_PIXELS = 4_000_000
 NS = "shop"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import flip_bits, hamming, make_fingerprint, random_code
 
-from service.decisions import (
+from imgdedup.decisions.rules import (
     CheckVerdict,
     Decision,
     Lookup,
@@ -21,9 +21,9 @@ from service.decisions import (
     check,
     decide,
 )
-from service.errors import InvalidIdentifier
-from service.hashing import Fingerprint
-from service.index.base import ImageIdConflict, ImageRecord, Registration
+from imgdedup.errors import InvalidIdentifier
+from imgdedup.fingerprint.hashing import Fingerprint
+from imgdedup.records import ImageIdConflict, ImageRecord, Registration
 
 POLICY = Policy(duplicate_radius=8, review_radius=12)
 RADIUS = POLICY.review_radius
@@ -618,7 +618,7 @@ async def test_redis_refuses_namespace_of_another_algorithm(redis_index, redis_u
 
     import redis.asyncio as aioredis
 
-    from service.errors import IndexMismatch
+    from imgdedup.errors import IndexMismatch
 
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -676,7 +676,7 @@ async def test_redis_crashed_registration_is_recovered_after_its_lease(redis_url
     entry; a near-duplicate waits for it only until its lease expires."""
     import redis.asyncio as aioredis
 
-    from service.index.redis_mih import RedisMihIndex
+    from imgdedup.index.redis.index import RedisMihIndex
 
     class Crashing(RedisMihIndex):
         async def _abandon_own(self, *args, **kwargs):  # the process died: no clean-up
@@ -717,7 +717,7 @@ async def test_redis_remove_racing_a_duplicate_leaves_no_stale_link(redis_url, r
 
     import redis.asyncio as aioredis
 
-    from service.index.redis_mih import RedisMihIndex
+    from imgdedup.index.redis.index import RedisMihIndex
 
     rng = np.random.default_rng(43)
     code = random_code(rng)

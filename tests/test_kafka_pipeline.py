@@ -23,13 +23,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from imagegen import distinct_image, encode, variants
+from imgdedup_devtools.broker import TansuBroker
 
-from service._gen.imgdedup.v1 import events_pb2
-from service.app import Service
-from service.broker import TansuBroker
-from service.config import Settings
-from service.events import UploadEvent, decode_decision, encode_upload
-from service.kafka_clients import ensure_topics
+from imgdedup._gen.imgdedup.v1 import events_pb2
+from imgdedup.adapters.events import UploadEvent, decode_decision, encode_upload
+from imgdedup.adapters.kafka_clients import ensure_topics
+from imgdedup.app import Service
+from imgdedup.config import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -268,7 +268,7 @@ async def test_url_source_fetched_and_private_addresses_refused(stack: Stack, ka
 # --- real processes: crash, graceful stop, several replicas ----------------------------
 def spawn_service(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"], env=env,
+        [sys.executable, "-m", "imgdedup", "serve"], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from helpers import flip_bits, make_fingerprint, random_code
 
-from service.decisions import Decision, Lookup, Policy, Verdict, decide
-from service.index.memory import MemoryIndex
-from service.index.mih_table import MAX_FORCED_PROBES, MihTable, best_substrings, flat_cost
-from service.mih import probe_count
+from imgdedup.decisions.rules import Decision, Lookup, Policy, Verdict, decide
+from imgdedup.index.memory import MemoryIndex
+from imgdedup.index.mih import probe_count
+from imgdedup.index.mih_table import MAX_FORCED_PROBES, MihTable, best_substrings, flat_cost
 
 RADII = range(17)
 

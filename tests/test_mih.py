@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import MASK64, flip_bits, hamming, random_code
 
-from service.mih import (
+from imgdedup.index.mih import (
     CODE_BITS,
     RECORD_DTYPE,
     flip_masks,

@@ -23,17 +23,17 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 from imagegen import distinct_image, encode
+from imgdedup_devtools.broker import TansuBroker
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import logs
-from service.app import Service
-from service.broker import TansuBroker
-from service.config import Settings
-from service.events import UploadEvent, encode_upload
-from service.http_api import METRICS_CONTENT_TYPE
-from service.kafka_clients import ensure_topics
-from service.metrics import Metrics
+from imgdedup import logs
+from imgdedup.adapters.events import UploadEvent, encode_upload
+from imgdedup.adapters.http_api import METRICS_CONTENT_TYPE
+from imgdedup.adapters.kafka_clients import ensure_topics
+from imgdedup.app import Service
+from imgdedup.config import Settings
+from imgdedup.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
@@ -182,7 +182,7 @@ def test_operations_doc_lists_exactly_the_registered_metrics() -> None:
     assert documented, "no metrics table found in docs/operations.md"
     actual = registered()
     assert set(documented) == set(actual), (
-        f"docs/operations.md and service/metrics.py disagree: only documented "
+        f"docs/operations.md and src/imgdedup/metrics.py disagree: only documented "
         f"{sorted(set(documented) - set(actual))}, only registered {sorted(set(actual) - set(documented))}"
     )
     for name, (kind, labels) in actual.items():

@@ -20,8 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 from helpers import flip_bits, make_fingerprint, random_code
 
-from service.decisions import MatchKind, Policy, Verdict, decide
-from service.index.redis_mih import RedisMihIndex
+from imgdedup.decisions.rules import MatchKind, Policy, Verdict, decide
+from imgdedup.index.redis.index import RedisMihIndex
 
 pytestmark = pytest.mark.integration
 
@@ -93,8 +93,8 @@ async def test_later_registrar_waits_for_earlier_pending_near_duplicate(redis_in
     await asyncio.sleep(0.3)
     assert not late_task.done(), "the later image must wait for the earlier one's decision"
     # The earlier registrar finishes: accepted, state kept.
-    from service.decisions import Decision
-    from service.index.base import ImageRecord
+    from imgdedup.decisions.rules import Decision
+    from imgdedup.records import ImageRecord
 
     record = ImageRecord.build(NS, "early", early, Decision(Verdict.ACCEPTED), seq, None)
     payload = (await redis_index._redis.hget(redis_index._key(NS, "state"), str(seq)))
@@ -249,7 +249,7 @@ async def test_waiter_renews_its_lease_while_waiting(
 
 async def _log_records(index: RedisMihIndex) -> set[tuple[int, int]]:
     """Every live (code, seq) of the namespace's log: adds without a later tombstone."""
-    from service.index.redis_mirror import decode_adds
+    from imgdedup.index.redis.mirror import decode_adds
 
     live: dict[int, list[int]] = {}
     for _id, fields in await index._redis.xrange(index._key(NS, "log")):

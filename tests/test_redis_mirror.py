@@ -17,11 +17,11 @@ import pytest
 import redis.asyncio as aioredis
 from helpers import flip_bits, hamming, make_fingerprint, random_code
 
-from service.decisions import Decision, MatchKind, Policy, Verdict, decide
-from service.errors import ContentionError
-from service.index.mih_table import MihTable
-from service.index.redis_mih import RedisMihIndex
-from service.index.redis_mirror import RedisMirror, decode_adds, pack_add
+from imgdedup.decisions.rules import Decision, MatchKind, Policy, Verdict, decide
+from imgdedup.errors import ContentionError
+from imgdedup.index.mih_table import MihTable
+from imgdedup.index.redis.index import RedisMihIndex
+from imgdedup.index.redis.mirror import RedisMirror, decode_adds, pack_add
 
 pytestmark = pytest.mark.integration
 
@@ -340,8 +340,8 @@ async def test_mirror_of_an_unknown_namespace_is_empty_and_creates_nothing(redis
 
 
 async def test_the_setting_reaches_the_index(redis_url, redis_prefix, redis_index: RedisMihIndex) -> None:
-    from service.app import open_index
-    from service.config import Settings
+    from imgdedup.app import open_index
+    from imgdedup.config import Settings
 
     index = await open_index(Settings(redis_url=redis_url, redis_prefix=redis_prefix, redis_mirror=True))
     try:

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ruff_is_clean() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "service", "tests", "scripts"],
+        [sys.executable, "-m", "ruff", "check", "src", "devtools", "tests", "scripts"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -26,12 +26,12 @@ def test_generated_protobuf_module_matches_the_schema(tmp_path: Path) -> None:
         check=True,
     )
     fresh = (out / "imgdedup/v1/events_pb2.py").read_text()
-    committed = (ROOT / "service/_gen/imgdedup/v1/events_pb2.py").read_text()
+    committed = (ROOT / "src/imgdedup/_gen/imgdedup/v1/events_pb2.py").read_text()
     assert fresh == committed, "proto/ changed: run scripts/gen-proto and commit the result"
 
 
 def test_readme_configuration_table_matches_settings() -> None:
-    from service.config import Settings
+    from imgdedup.config import Settings
 
     readme = (ROOT / "README.md").read_text()
     for name, default, doc in Settings.documentation():

@@ -29,27 +29,27 @@ from scan_helpers import (
     scan_settings,
 )
 
-from service import cli as service_cli
-from service.decisions import Policy
-from service.dedup import Deduplicator
-from service.hasher import Hasher
-from service.hashing import ImageLimits
-from service.index.memory import MemoryIndex
-from service.index.redis_mih import RedisMihIndex
-from service.metrics import Metrics
-from service.scan import ScanError, scan
-from service.scan.checkpoint import decode_fingerprint, encode_fingerprint
-from service.scan.cluster import (
+from imgdedup import cli as service_cli
+from imgdedup.decisions.deduplicator import Deduplicator
+from imgdedup.decisions.rules import Policy
+from imgdedup.fingerprint.hashing import ImageLimits
+from imgdedup.hasher import Hasher
+from imgdedup.index.memory import MemoryIndex
+from imgdedup.index.redis.index import RedisMihIndex
+from imgdedup.metrics import Metrics
+from imgdedup.scan import ScanError, scan
+from imgdedup.scan.checkpoint import decode_fingerprint, encode_fingerprint
+from imgdedup.scan.cluster import (
     ScannedImage,
     build_clusters,
     classify,
     keeper_sort_key,
     parse_keeper,
 )
-from service.scan.html import format_total
-from service.scan.progress import Progress, format_duration
-from service.scan.report import CSV_COLUMNS, GB
-from service.scan.sources import list_folder
+from imgdedup.scan.html import format_total
+from imgdedup.scan.progress import Progress, format_duration
+from imgdedup.scan.report import CSV_COLUMNS, GB
+from imgdedup.scan.sources import list_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -428,7 +428,7 @@ async def test_register_loads_the_estate_into_redis(estate, tmp_path: Path, redi
 
 
 def _fingerprint(data: bytes):
-    from service.hashing import fingerprint
+    from imgdedup.fingerprint.hashing import fingerprint
 
     return fingerprint(data, ImageLimits(1 << 25, 50_000_000))
 
@@ -485,7 +485,7 @@ def test_imgdedup_scan_command(estate, tmp_path: Path) -> None:
     """The README's one command: `imgdedup scan FOLDER --out DIR`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGDEDUP_")}
     done = subprocess.run(
-        [sys.executable, "-m", "service", "scan", str(estate.root), "--out", str(tmp_path / "audit")],
+        [sys.executable, "-m", "imgdedup", "scan", str(estate.root), "--out", str(tmp_path / "audit")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -503,7 +503,7 @@ def test_a_terminal_gets_a_progress_bar(tmp_path: Path) -> None:
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGDEDUP_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.scan", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+        [sys.executable, "-m", "imgdedup.scan", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
          "--test-delay-ms", "15"],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
     )
@@ -535,7 +535,7 @@ def test_scan_is_a_subcommand_of_imgdedup() -> None:
     parser = service_cli.build_parser()
     args = parser.parse_args(["scan", "some/folder", "--keeper", "oldest", "--register", "--stop-after", "3"])
     assert args.command == "scan" and args.source == "some/folder" and args.keeper == "oldest"
-    assert args.register and args.stop_after == 3 and args.func.__module__ == "service.scan.cli"
+    assert args.register and args.stop_after == 3 and args.func.__module__ == "imgdedup.scan.cli"
 
 
 def test_missing_source_and_bad_source_exit_2(tmp_path: Path) -> None:
@@ -550,7 +550,7 @@ def test_missing_source_and_bad_source_exit_2(tmp_path: Path) -> None:
 
 def test_benchmark_prints_rates_and_ends_with_one_json_line(estate, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from service.scan import bench
+    from imgdedup_devtools.bench import scan as bench
 
     line = bench.run(estate.root, count=4, workers=2, baseline_s=5, work_dir=tmp_path)
     printed = capsys.readouterr().out.strip().splitlines()

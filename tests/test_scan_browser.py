@@ -22,9 +22,9 @@ from helpers import make_fingerprint
 from PIL import Image
 from scan_helpers import build_estate, run
 
-from service.scan.cluster import Cluster, Clustering, Member, ReviewGroup, ScannedImage
-from service.scan.html import format_total, render
-from service.scan.report import build_report, write_html
+from imgdedup.scan.cluster import Cluster, Clustering, Member, ReviewGroup, ScannedImage
+from imgdedup.scan.html import format_total, render
+from imgdedup.scan.report import build_report, write_html
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = (

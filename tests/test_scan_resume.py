@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from scan_helpers import checkpoint_rows, comparable, many_images, run
 
-from service import cli as service_cli
+from imgdedup import cli as service_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def test_stop_after_exit_code(source, tmp_path: Path) -> None:
 def _start_slow_scan(root: Path, out: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGDEDUP_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "service.scan", str(root), "--out", str(out), "--workers", "1",
+        [sys.executable, "-m", "imgdedup.scan", str(root), "--out", str(out), "--workers", "1",
          "--test-delay-ms", "40", "--progress-interval", "0.2"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from scan_helpers import build_estate, free_port, groups, run
 
-from service.scan import ScanError
+from imgdedup.scan import ScanError
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 from helpers import sample_image
 from PIL import Image
 
-from service.decisions import Decision, Policy, Verdict, decide
-from service.hashing import ImageLimits, fingerprint
-from service.index.base import ImageRecord
+from imgdedup.decisions.rules import Decision, Policy, Verdict, decide
+from imgdedup.fingerprint.hashing import ImageLimits, fingerprint
+from imgdedup.records import ImageRecord
 
 NS = "verify"
 # Whole-image codes only, so a small crop lands between the two radii.

@@ -1,0 +1,243 @@
+"""`imgdedup bench http`: inline /check latency and requests/s at N concurrent clients, and register throughput.
+
+Starts `imgdedup serve` as a subprocess (HTTP only: no Kafka; the load generator must
+not share the service's event loop; --in-process runs a `Service` in this process
+instead), on Redis (--redis-url, fresh key prefix) or the in-memory index. Pre-encoded
+1280x960 uploads (distinct photos plus planted copies, imgdedup_devtools/bench/uploads.py):
+
+1. register: POST /v1/namespaces/{ns}/images/{id} of the originals of most families at
+   --concurrency clients: images/s and latency; every answer must be 201 `accepted`.
+2. check: for --seconds, --concurrency keep-alive aiohttp clients POST
+   /v1/namespaces/{ns}/check with images drawn from registered originals, their copies
+   and never-registered images: requests/s, latency p50/p99; every answer is checked
+   (`duplicate` of the right original, or `unique`).
+
+Redis keys and the service process are removed before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from imgdedup.config import Settings
+from imgdedup.fingerprint.hashing import HASH_ALGORITHM
+from imgdedup_devtools.bench.common import (
+    DEFAULT_REDIS_URL,
+    bench_prefix,
+    delete_prefix,
+    extra_env,
+    extra_settings,
+    fmt_lat,
+    latency_summary,
+    print_json_line,
+    spawn_serve,
+    stop_process,
+    tree_cpu,
+    wait_http,
+)
+from imgdedup_devtools.bench.uploads import Upload, build_uploads
+from imgdedup_devtools.broker import free_port
+
+NAMESPACE = "bench"
+
+
+async def register_all(session: Any, base: str, originals: list[Upload], concurrency: int) -> dict[str, Any]:
+    times: list[float] = []
+    statuses: collections.Counter[str] = collections.Counter()
+    wrong: list[str] = []
+    queue = list(originals)
+
+    async def worker() -> None:
+        while queue:
+            upload = queue.pop()
+            t0 = time.perf_counter()
+            async with session.post(f"{base}/v1/namespaces/{NAMESPACE}/images/{upload.image_id}", data=upload.data,
+                                    headers={"Content-Type": "image/jpeg"}) as response:
+                body = await response.json()
+            times.append(time.perf_counter() - t0)
+            statuses[str(response.status)] += 1
+            if response.status != 201 or body.get("verdict") != "accepted" or body.get("sha256") != upload.sha256_hex:
+                wrong.append(f"{upload.image_id}: {response.status} {body}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    return {"images": len(originals), "seconds": round(wall, 2), "images_per_s": round(len(originals) / wall, 1),
+            "latency": latency_summary(times), "statuses": dict(statuses), "wrong": len(wrong), "examples": wrong[:3]}
+
+
+async def check_load(
+    session: Any, base: str, pool: list[tuple[Upload, str | None]], concurrency: int, seconds: float, seed: int
+) -> dict[str, Any]:
+    """`pool`: (upload, expected duplicate_of or None for unique)."""
+    times: list[float] = []
+    statuses: collections.Counter[str] = collections.Counter()
+    verdicts: collections.Counter[str] = collections.Counter()
+    wrong: list[str] = []
+    deadline = time.perf_counter() + seconds
+    rng = random.Random(seed)
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            upload, original = pool[rng.randrange(len(pool))]
+            t0 = time.perf_counter()
+            async with session.post(f"{base}/v1/namespaces/{NAMESPACE}/check", data=upload.data,
+                                    headers={"Content-Type": "image/jpeg"}) as response:
+                body = await response.json()
+            times.append(time.perf_counter() - t0)
+            statuses[str(response.status)] += 1
+            verdict = body.get("verdict")
+            verdicts[str(verdict)] += 1
+            matches = body.get("matches") or []
+            if original is None:
+                ok = response.status == 200 and verdict == "unique"
+            else:
+                ok = response.status == 200 and verdict == "duplicate" and matches and matches[0]["image_id"] == original
+            if not ok:
+                wrong.append(f"{upload.image_id}: {response.status} {verdict} {matches[:2]} (expected {original or 'unique'})")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    return {"requests": len(times), "seconds": round(wall, 2), "requests_per_s": round(len(times) / wall, 1),
+            "latency": latency_summary(times), "statuses": dict(statuses), "verdicts": dict(verdicts),
+            "wrong": len(wrong), "examples": wrong[:3]}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import aiohttp
+
+    cache_dir = None if args.no_cache else args.cache_dir
+    policy = Settings()
+    t0 = time.perf_counter()
+    uploads = build_uploads(args.images, dup_fraction=args.dup_fraction, seed=args.seed, cache_dir=cache_dir,
+                            duplicate_radius=policy.duplicate_radius, min_gap=policy.review_radius + 2)
+    families = sorted({u.family for u in uploads})
+    registered = set(families[: round(len(families) * args.registered_fraction)])
+    originals = [u for u in uploads if u.kind == "orig" and u.family in registered]
+    orig_id = {u.family: u.image_id for u in originals}
+    pool = [(u, orig_id.get(u.family)) for u in uploads]
+    mean_kb = sum(len(u.data) for u in uploads) / len(uploads) / 1024
+    print(f"http benchmark: {len(uploads)} uploads ({mean_kb:.0f} KB mean) prepared in {time.perf_counter() - t0:.1f} s; "
+          f"{len(originals)} originals to register, check pool {len(pool)} ({sum(1 for _, o in pool if o is None)} expected "
+          f"unique); {args.concurrency} clients; index {args.index}; {'in-process' if args.in_process else 'subprocess'} "
+          f"service; {platform.machine()}, {os.cpu_count()} cores, hash {HASH_ALGORITHM}", flush=True)
+
+    prefix = bench_prefix("http")
+    port = free_port()
+    values: dict[str, Any] = {
+        "redis_url": args.redis_url if args.index == "redis" else "",
+        "redis_prefix": prefix,
+        "http_port": port,
+        "hash_workers": args.hash_workers,
+        "max_in_flight": args.max_in_flight,
+        "log_level": "WARNING",
+        "log_format": "json",
+        "shutdown_timeout_s": 10.0,
+    }
+    if args.substrings:
+        values["mih_substrings"] = args.substrings
+    process: subprocess.Popen[bytes] | None = None
+    service: Any = None
+    log_path = Path(f"/tmp/imgdedup-bench-http-{port}.log")
+    result: dict[str, Any] = {"bench": "http"}
+    try:
+        if args.in_process:
+            from imgdedup.app import Service
+
+            service = Service(Settings(**values, **extra_settings(args.env)))  # type: ignore[arg-type]
+            await service.start()
+            pid = os.getpid()
+        else:
+            process = spawn_serve({**values, **extra_env(args.env)}, log_path)
+            pid = process.pid
+            await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/readyz", 90, process)
+        base = f"http://127.0.0.1:{port}"
+        connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+            # warm-up: start the hashing workers' imports and the keep-alive connections
+            warm = build_uploads(args.concurrency, dup_fraction=0.0, seed=args.seed + 777, cache_dir=cache_dir, log=False)
+            async def warm_check(upload: Upload) -> None:
+                async with session.post(f"{base}/v1/namespaces/warmup/check", data=upload.data,
+                                        headers={"Content-Type": "image/jpeg"}) as response:
+                    await response.read()
+
+            await asyncio.gather(*(warm_check(u) for u in warm))
+            cpu0 = tree_cpu(pid)
+            reg = await register_all(session, base, originals, args.concurrency)
+            cpu1 = tree_cpu(pid)
+            print(f"register: {reg['images']} images in {reg['seconds']} s = {reg['images_per_s']} images/s at "
+                  f"{args.concurrency} clients, {fmt_lat(reg['latency'])}, statuses {reg['statuses']}, {reg['wrong']} wrong",
+                  flush=True)
+            chk = await check_load(session, base, pool, args.concurrency, args.seconds, args.seed)
+            cpu2 = tree_cpu(pid)
+        chk["cpu_s_event_loop"] = round(cpu2["main"] - cpu1["main"], 2)
+        chk["cpu_s_hash_workers"] = round(cpu2["children"] - cpu1["children"], 2)
+        reg["cpu_s_event_loop"] = round(cpu1["main"] - cpu0["main"], 2)
+        reg["cpu_s_hash_workers"] = round(cpu1["children"] - cpu0["children"], 2)
+        print(f"check: {chk['requests']} requests in {chk['seconds']} s = {chk['requests_per_s']} requests/s at "
+              f"{args.concurrency} clients, {fmt_lat(chk['latency'])}; statuses {chk['statuses']}, verdicts "
+              f"{chk['verdicts']}, {chk['wrong']} wrong", flush=True)
+        loop_label = "this process (service + load generator)" if args.in_process else "event loop"
+        print(f"service CPU during check: {chk['cpu_s_event_loop']} s {loop_label} + {chk['cpu_s_hash_workers']} s hashing "
+              f"workers ({1000 * (chk['cpu_s_event_loop'] + chk['cpu_s_hash_workers']) / max(1, chk['requests']):.1f} ms "
+              "per request)", flush=True)
+        for example in reg["examples"] + chk["examples"]:
+            print(f"  ! {example}")
+        result.update({"index": args.index, "mode": "in-process" if args.in_process else "subprocess",
+                       "concurrency": args.concurrency, "cores": os.cpu_count(), "mean_kb": round(mean_kb, 1),
+                       "hash_workers": args.hash_workers, "register": reg, "check": chk,
+                       "ok": reg["wrong"] == 0 and chk["wrong"] == 0})
+    finally:
+        if service is not None:
+            await service.stop()
+        if process is not None:
+            result["service_exit_code"] = stop_process(process, 30)
+            if result.get("ok") and result["service_exit_code"] == 0:
+                os.unlink(log_path)
+            else:
+                print(f"service log: {log_path}", file=sys.stderr)
+        if args.index == "redis":
+            deleted = delete_prefix(args.redis_url, prefix)
+            print(f"cleaned up: {deleted} Redis keys under {prefix}", flush=True)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", type=int, default=50, help="concurrent keep-alive clients")
+    parser.add_argument("--seconds", type=float, default=30.0, help="duration of the /check load")
+    parser.add_argument("--images", type=int, default=400, help="uploads generated (originals + planted copies)")
+    parser.add_argument("--dup-fraction", type=float, default=0.3, help="share of the uploads that are copies")
+    parser.add_argument("--registered-fraction", type=float, default=0.8,
+                        help="share of the photo families whose original is registered first")
+    parser.add_argument("--index", choices=("redis", "memory"), default="redis")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument("--substrings", type=int, default=0, help="IMGDEDUP_MIH_SUBSTRINGS (0: the service default)")
+    parser.add_argument("--hash-workers", type=int, default=0, help="IMGDEDUP_HASH_WORKERS (0: one per core)")
+    parser.add_argument("--max-in-flight", type=int, default=64, help="IMGDEDUP_MAX_IN_FLIGHT")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra service setting, e.g. --env crop_windows=false (IMGDEDUP_ prefix optional)")
+    parser.add_argument("--in-process", action="store_true", help="run the Service in this process's event loop")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "imgdedup-bench",
+                        help="generated uploads are cached here")
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--seed", type=int, default=3)
+
+
+def main(args: argparse.Namespace) -> int:
+    result = asyncio.run(run(args))
+    print_json_line(result)
+    if not result.get("ok"):
+        print("imgdedup bench http: some answers were wrong", file=sys.stderr)
+        return 1
+    return 0 if result.get("service_exit_code", 0) == 0 else 1

@@ -1,0 +1,3 @@
+from imgdedup.cli import main
+
+raise SystemExit(main())

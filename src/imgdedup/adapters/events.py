@@ -1,0 +1,173 @@
+"""Kafka event codec: ImageUploaded in, DedupDecision out (protobuf binary or proto3 JSON).
+
+The wire format follows the record header `content-type`: `application/json` means the
+proto3 JSON mapping, anything else (or no header) protobuf binary. Decisions are written
+in the format the input used, so a JSON producer reads JSON decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+from imgdedup._gen.imgdedup.v1 import events_pb2
+from imgdedup.errors import InvalidEvent, InvalidIdentifier
+from imgdedup.fingerprint.hashing import code_hex
+from imgdedup.records import ImageRecord, validate_image_id, validate_namespace
+
+JSON_CONTENT_TYPE = "application/json"
+PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadEvent:
+    event_id: str
+    namespace: str
+    image_id: str
+    content_type: str
+    data: bytes | None
+    url: str | None
+    uploaded_at_ms: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def header(headers: Headers | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key.lower() == name:
+            return value.decode("utf-8", "replace") if value is not None else None
+    return None
+
+
+def is_json(headers: Headers | None) -> bool:
+    content_type = header(headers, "content-type") or ""
+    return content_type.split(";")[0].strip().lower() == JSON_CONTENT_TYPE
+
+
+def decode_upload(value: bytes | None, headers: Headers | None, fallback_event_id: str) -> UploadEvent:
+    """Parse and validate one record; raise `InvalidEvent` with the precise reason."""
+    if not value:
+        raise InvalidEvent("the record has no value")
+    message = events_pb2.ImageUploaded()
+    try:
+        if is_json(headers):
+            json_format.Parse(value.decode("utf-8"), message)
+        else:
+            message.ParseFromString(value)
+    except (json_format.ParseError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"not an ImageUploaded JSON document: {exc}") from None
+    except DecodeError as exc:
+        raise InvalidEvent(f"not an ImageUploaded protobuf message: {exc}") from None
+    if not message.namespace:
+        raise InvalidEvent("namespace is missing")
+    if not message.image_id:
+        raise InvalidEvent("image_id is missing")
+    source = message.WhichOneof("source")
+    if source is None:
+        raise InvalidEvent("neither data nor url is set")
+    try:
+        validate_namespace(message.namespace)
+        validate_image_id(message.image_id)
+    except InvalidIdentifier as exc:  # an event problem, reported as one
+        raise InvalidEvent(exc.detail) from None
+    return UploadEvent(
+        event_id=message.event_id or fallback_event_id,
+        namespace=message.namespace,
+        image_id=message.image_id,
+        content_type=message.content_type,
+        data=message.data if source == "data" else None,
+        url=message.url if source == "url" else None,
+        uploaded_at_ms=message.uploaded_at_ms,
+        attributes=dict(message.attributes),
+    )
+
+
+def partial_identity(value: bytes | None, headers: Headers | None) -> tuple[str, str, str]:
+    """Best-effort (event_id, namespace, image_id) of an event that failed validation,
+    so the rejection can still be routed to whoever sent it."""
+    message = events_pb2.ImageUploaded()
+    try:
+        if is_json(headers):
+            json_format.Parse((value or b"").decode("utf-8"), message, ignore_unknown_fields=True)
+        else:
+            message.ParseFromString(value or b"")
+    except Exception:
+        return "", "", ""
+    return message.event_id, message.namespace, message.image_id
+
+
+def encode_upload(event: UploadEvent, *, as_json: bool = False) -> bytes:
+    """Serialise an upload event (used by the demo, benchmarks and tests)."""
+    message = events_pb2.ImageUploaded(
+        event_id=event.event_id,
+        namespace=event.namespace,
+        image_id=event.image_id,
+        content_type=event.content_type,
+        uploaded_at_ms=event.uploaded_at_ms,
+        attributes=event.attributes,
+    )
+    if event.data is not None:
+        message.data = event.data
+    elif event.url is not None:
+        message.url = event.url
+    if as_json:
+        return json_format.MessageToJson(message, indent=None).encode()
+    return message.SerializeToString()
+
+
+def decision_from_record(
+    record: ImageRecord, *, event_id: str, replayed: bool, attributes: dict[str, str] | None = None
+) -> events_pb2.DedupDecision:
+    message = events_pb2.DedupDecision(
+        event_id=event_id,
+        namespace=record.namespace,
+        image_id=record.image_id,
+        verdict=record.verdict.value,
+        duplicate_of=record.duplicate_of or "",
+        match=record.match.value if record.match else "",
+        sha256=record.sha256,
+        phashes=[code_hex(c) for c in record.codes],
+        replayed=replayed,
+        decided_at_ms=int(time.time() * 1000),
+        attributes=attributes or {},
+    )
+    if record.distance is not None:
+        message.distance = record.distance
+    if record.similarity is not None:
+        message.similarity = record.similarity
+    return message
+
+
+def rejection(
+    *, event_id: str, namespace: str, image_id: str, code: str, detail: str,
+    attributes: dict[str, str] | None = None,
+) -> events_pb2.DedupDecision:
+    return events_pb2.DedupDecision(
+        event_id=event_id,
+        namespace=namespace,
+        image_id=image_id,
+        verdict="rejected",
+        error=events_pb2.Error(code=code, detail=detail),
+        decided_at_ms=int(time.time() * 1000),
+        attributes=attributes or {},
+    )
+
+
+def encode_decision(message: events_pb2.DedupDecision, *, as_json: bool) -> bytes:
+    if as_json:
+        return json_format.MessageToJson(message, indent=None).encode()
+    return message.SerializeToString()
+
+
+def decode_decision(value: bytes, headers: Headers | None = None) -> events_pb2.DedupDecision:
+    message = events_pb2.DedupDecision()
+    if is_json(headers):
+        json_format.Parse(value.decode("utf-8"), message)
+    else:
+        message.ParseFromString(value)
+    return message

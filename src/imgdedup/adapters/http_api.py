@@ -1,0 +1,395 @@
+"""Inline HTTP adapter: register, check, look up and forget images over JSON.
+
+Handlers only translate between HTTP and the `Deduplicator` use cases; every rule lives
+there, so this path and the Kafka path decide identically. One middleware turns every
+failure into the same `{"error": CODE, "detail": TEXT}` body the Kafka path puts into
+its `rejected` events, and counts every request by route template (never by raw path,
+which would give one time series per image id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from aiohttp import hdrs, web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from imgdedup.config import Settings
+from imgdedup.decisions.deduplicator import CheckResult, Deduplicator
+from imgdedup.errors import ContentionError, ImageTooLarge, InputError
+from imgdedup.fingerprint.hashing import code_hex
+from imgdedup.metrics import Metrics
+from imgdedup.records import ImageRecord, Registration
+
+logger = logging.getLogger("imgdedup.http")
+
+Readiness = Callable[[], Awaitable[dict[str, str]]]
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SOURCE = "http"
+#: Route label for requests no route matched (404/405): keeps the label set bounded.
+UNMATCHED_ROUTE = "unmatched"
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_ACCEPTED_MEDIA = "application/octet-stream"
+#: What `curl --data-binary` sends when no type is given: a client that did not say,
+#: not a form. The bytes are sniffed either way.
+_UNSPECIFIED_MEDIA = frozenset({"application/x-www-form-urlencoded"})
+
+
+class UnsupportedMediaType(InputError):
+    """The request declared a body type that is not an image (e.g. a JSON or form post)."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    dedup: Deduplicator
+    metrics: Metrics
+    settings: Settings
+    readiness: Readiness
+    openapi: bytes
+
+
+STATE: web.AppKey[_State] = web.AppKey("imgdedup_http_state", _State)
+
+
+def create_http_app(
+    dedup: Deduplicator,
+    metrics: Metrics,
+    settings: Settings,
+    readiness: Readiness,
+) -> web.Application:
+    """Build the aiohttp application; the caller owns the runner and the dedup's lifecycle."""
+    # +1: older aiohttp refuses a body of exactly client_max_size bytes; we re-check the
+    # exact limit after reading, so the boundary is the same on every version.
+    app = web.Application(client_max_size=settings.max_image_bytes + 1, middlewares=[_middleware])
+    app[STATE] = _State(dedup, metrics, settings, readiness, _load_openapi())
+    image = "/v1/namespaces/{ns}/images/{image_id}"
+    app.router.add_post(image, _register, name="image_register")
+    app.router.add_get(image, _get_record, name="image")
+    app.router.add_delete(image, _delete, name="image_delete")
+    app.router.add_get(image + "/duplicates", _duplicates, name="image_duplicates")
+    app.router.add_post("/v1/namespaces/{ns}/check", _check, name="check")
+    app.router.add_get("/healthz", _healthz, name="healthz")
+    app.router.add_get("/readyz", _readyz, name="readyz")
+    app.router.add_get("/metrics", _metrics, name="metrics")
+    app.router.add_get("/openapi.json", _openapi, name="openapi")
+    return app
+
+
+def _load_openapi() -> bytes:
+    """Read and parse once at start-up: a broken document fails the deploy, not a request."""
+    raw = resources.files("imgdedup.adapters").joinpath("openapi.json").read_bytes()
+    json.loads(raw)
+    return raw
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+
+async def _register(request: web.Request) -> web.Response:
+    """Decide and record an image; a replay of the same bytes answers the stored decision."""
+    state = request.app[STATE]
+    ns, image_id = request.match_info["ns"], request.match_info["image_id"]
+    started = time.perf_counter()
+    with state.metrics.in_flight.labels(SOURCE).track_inprogress():
+        data = await _read_image(request, state.settings)
+        registration = await state.dedup.register(ns, image_id, data)
+    state.metrics.decision_seconds.labels(SOURCE).observe(time.perf_counter() - started)
+    if registration.replayed:
+        state.metrics.replays.labels(SOURCE).inc()
+    else:
+        state.metrics.decisions.labels(SOURCE, registration.record.verdict.value).inc()
+    location = request.app.router["image"].url_for(ns=ns, image_id=image_id)
+    return web.json_response(
+        _decision_json(registration),
+        status=200 if registration.replayed else 201,
+        headers={hdrs.LOCATION: str(location)},
+    )
+
+
+async def _check(request: web.Request) -> web.Response:
+    """Dry run: what would registering these bytes decide? Nothing is stored."""
+    state = request.app[STATE]
+    ns = request.match_info["ns"]
+    with state.metrics.in_flight.labels(SOURCE).track_inprogress():
+        data = await _read_image(request, state.settings)
+        result = await state.dedup.check(ns, data)
+    return web.json_response(_check_json(ns, result))
+
+
+async def _get_record(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    ns, image_id = request.match_info["ns"], request.match_info["image_id"]
+    record = await state.dedup.get(ns, image_id)
+    if record is None:
+        return _not_found(ns, image_id)
+    return web.json_response(_record_json(record))
+
+
+async def _duplicates(request: web.Request) -> web.Response:
+    """Images judged duplicate/review of this one; 404 tells "unknown" apart from "none"."""
+    state = request.app[STATE]
+    ns, image_id = request.match_info["ns"], request.match_info["image_id"]
+    if await state.dedup.get(ns, image_id) is None:
+        return _not_found(ns, image_id)
+    records = await state.dedup.duplicates_of(ns, image_id)
+    return web.json_response(
+        {
+            "image_id": image_id,
+            "namespace": ns,
+            "duplicates": [
+                {
+                    "image_id": r.image_id,
+                    "verdict": r.verdict.value,
+                    "distance": r.distance,
+                    "match": r.match.value if r.match else None,
+                    "created_at": _iso(r.created_at),
+                }
+                for r in records
+            ],
+        }
+    )
+
+
+async def _delete(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    ns, image_id = request.match_info["ns"], request.match_info["image_id"]
+    if not await state.dedup.remove(ns, image_id):
+        return _not_found(ns, image_id)
+    return web.Response(status=204)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers. Dependencies are /readyz's business, not a restart's."""
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Readiness: take this replica out of rotation while a dependency is down."""
+    try:
+        checks = dict(await request.app[STATE].readiness())
+    except Exception as exc:  # the contract says it does not raise; stay honest if it does
+        logger.exception("readiness probe raised")
+        checks = {"readiness": f"probe failed: {type(exc).__name__}"}
+    ready = all(value == "ok" for value in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: METRICS_CONTENT_TYPE})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[STATE].openapi, content_type="application/json")
+
+
+# --- request bodies ---------------------------------------------------------------------
+
+
+async def _read_image(request: web.Request, settings: Settings) -> bytes:
+    """The raw image body, refusing oversized and non-image bodies before buffering them."""
+    declared = request.headers.get(hdrs.CONTENT_TYPE)
+    if declared is not None:
+        mime = request.content_type.lower()
+        if not (mime.startswith("image/") or mime == _ACCEPTED_MEDIA or mime in _UNSPECIFIED_MEDIA):
+            raise UnsupportedMediaType(
+                f"Content-Type {mime!r} is not an image; send the raw bytes as image/* "
+                f"or {_ACCEPTED_MEDIA}"
+            )
+    limit = settings.max_image_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ImageTooLarge(f"body is {length} bytes; the limit is {limit} bytes")
+    try:
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ImageTooLarge(f"body exceeds the limit of {limit} bytes") from None
+    if len(data) > limit:
+        raise ImageTooLarge(f"body is {len(data)} bytes; the limit is {limit} bytes")
+    return data
+
+
+# --- response bodies --------------------------------------------------------------------
+
+
+def _iso(timestamp: float) -> str:
+    return (
+        datetime.fromtimestamp(timestamp, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def _decision_fields(record: ImageRecord) -> dict[str, Any]:
+    return {
+        "image_id": record.image_id,
+        "namespace": record.namespace,
+        "verdict": record.verdict.value,
+        "duplicate_of": record.duplicate_of,
+        "distance": record.distance,
+        "match": record.match.value if record.match else None,
+        "similarity": record.similarity,
+    }
+
+
+def _decision_json(registration: Registration) -> dict[str, Any]:
+    record = registration.record
+    return {
+        **_decision_fields(record),
+        "replayed": registration.replayed,
+        "sha256": record.sha256,
+        "phashes": [code_hex(c) for c in record.codes],
+        "width": record.width,
+        "height": record.height,
+        "format": record.format,
+        "created_at": _iso(record.created_at),
+    }
+
+
+def _record_json(record: ImageRecord) -> dict[str, Any]:
+    return {
+        **_decision_fields(record),
+        "sha256": record.sha256,
+        "phashes": [code_hex(c) for c in record.codes],
+        "width": record.width,
+        "height": record.height,
+        "format": record.format,
+        "size_bytes": record.size_bytes,
+        "created_at": _iso(record.created_at),
+        "event_id": record.event_id,
+    }
+
+
+def _check_json(namespace: str, result: CheckResult) -> dict[str, Any]:
+    return {
+        "namespace": namespace,
+        "verdict": result.verdict.value,
+        "duplicate_of": result.decision.duplicate_of if result.decision else None,
+        "similarity": result.decision.similarity if result.decision else None,
+        "matches": [
+            {"image_id": m.image_id, "distance": m.distance, "match": m.match.value}
+            for m in result.matches
+        ],
+        "sha256": result.fingerprint.sha256_hex,
+        "phashes": [code_hex(c) for c in result.fingerprint.codes],
+    }
+
+
+def _error(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+def _not_found(namespace: str, image_id: str) -> web.Response:
+    logger.info(
+        "image not found",
+        extra={"namespace": namespace, "image_id": image_id, "error_code": "not_found"},
+    )
+    return _error(404, "not_found", f"no image {image_id!r} in namespace {namespace!r}")
+
+
+# --- middleware -------------------------------------------------------------------------
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def _snake(reason: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "http_error"
+
+
+def _from_http_exception(
+    request: web.Request, exc: web.HTTPException, log: dict[str, Any]
+) -> web.Response:
+    """aiohttp's own errors (no route, wrong method, body cut off) in our JSON shape."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return _from_input_error(request, ImageTooLarge(exc.text or "request body too large"), log)
+    headers: dict[str, str] = {}
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allow = exc.headers.get(hdrs.ALLOW, ",".join(sorted(exc.allowed_methods)))
+        headers["Allow"] = allow
+        detail = f"{request.method} is not allowed here; allowed: {allow}"
+    elif isinstance(exc, web.HTTPNotFound):
+        detail = f"no route for {request.method} {request.path}"
+    else:
+        detail = exc.reason
+    code = _snake(exc.reason)
+    logger.info(
+        "http error: %s", code, extra={**log, "error_code": code, "http_status": exc.status}
+    )
+    return _error(exc.status, code, detail, headers or None)
+
+
+def _from_input_error(request: web.Request, exc: InputError, log: dict[str, Any]) -> web.Response:
+    request.app[STATE].metrics.rejections.labels(SOURCE, exc.code).inc()
+    logger.info(
+        "rejected: %s: %s",
+        exc.code,
+        exc.detail,
+        extra={**log, "error_code": exc.code, "http_status": exc.http_status},
+    )
+    return _error(exc.http_status, exc.code, exc.detail)
+
+
+@web.middleware
+async def _middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Map every failure to JSON and count every request by route template and status."""
+    log = {
+        "namespace": request.match_info.get("ns"),
+        "image_id": request.match_info.get("image_id"),
+        "method": request.method,
+        "path": request.path,
+    }
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc if exc.status < 400 else _from_http_exception(request, exc, log)
+    except InputError as exc:
+        response = _from_input_error(request, exc, log)
+    except (ContentionError, RedisConnectionError, RedisTimeoutError) as exc:
+        if not isinstance(exc, ContentionError):
+            request.app[STATE].metrics.redis_errors.labels(SOURCE).inc()
+        logger.warning(
+            "unavailable: %s: %s",
+            type(exc).__name__,
+            exc,
+            extra={**log, "error_code": "unavailable", "http_status": 503},
+        )
+        response = _error(
+            503,
+            "unavailable",
+            "the index is temporarily unavailable; retry shortly",
+            headers={hdrs.RETRY_AFTER: "1"},
+        )
+    except Exception:
+        logger.exception(
+            "unhandled error", extra={**log, "error_code": "internal_error", "http_status": 500}
+        )
+        response = _error(500, "internal_error", "internal server error")
+    method = request.method if request.method in _KNOWN_METHODS else "OTHER"
+    request.app[STATE].metrics.http_requests.labels(
+        route=_route_label(request), method=method, status=str(response.status)
+    ).inc()
+    return response

@@ -1,0 +1,191 @@
+"""Composition root: builds every resource from Settings, starts them in dependency
+order and closes them in reverse. Nothing else in the package creates clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiokafka.errors import KafkaError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from imgdedup.adapters.http_api import create_http_app
+from imgdedup.adapters.kafka_consumer import UploadConsumer
+from imgdedup.adapters.url_fetch import UrlFetcher
+from imgdedup.config import Settings
+from imgdedup.decisions.deduplicator import Deduplicator
+from imgdedup.hasher import Hasher
+from imgdedup.index.interface import DedupIndex
+from imgdedup.index.memory import MemoryIndex
+from imgdedup.index.redis.index import RedisMihIndex
+from imgdedup.metrics import Metrics
+
+log = logging.getLogger("imgdedup.app")
+
+
+class StartupError(RuntimeError):
+    """A dependency is unreachable at start; the message says which and how to fix it."""
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    options: dict[str, Any] = {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    if settings.redis_password:
+        options["password"] = settings.redis_password
+    if settings.redis_ssl_ca_file:
+        options["ssl_ca_certs"] = settings.redis_ssl_ca_file
+    if settings.redis_ssl_certfile:
+        options["ssl_certfile"] = settings.redis_ssl_certfile
+        options["ssl_keyfile"] = settings.redis_ssl_keyfile
+    # A blocking pool sized to the work we allow in flight: excess callers wait for a
+    # connection instead of failing (redis-py's default pool raises when exhausted).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=max(32, 2 * settings.max_in_flight + 8), timeout=10, **options
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+async def open_index(settings: Settings) -> DedupIndex:
+    if settings.index_backend == "memory":
+        return MemoryIndex()
+    client = redis_client(settings)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        raise StartupError(
+            f"Redis at {settings.redacted()['redis_url']} does not answer ({exc}); start it, fix "
+            "IMGDEDUP_REDIS_URL, or unset it to use the in-memory index"
+        ) from exc
+    return RedisMihIndex(
+        client, prefix=settings.redis_prefix, substrings=settings.mih_substrings, mirror=settings.redis_mirror
+    )
+
+
+class Service:
+    """The running service: index, hashing pool, HTTP server and (optionally) consumer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.index: DedupIndex | None = None
+        self.hasher: Hasher | None = None
+        self.fetcher: UrlFetcher | None = None
+        self.dedup: Deduplicator | None = None
+        self.consumer: UploadConsumer | None = None
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        try:
+            self.index = await open_index(s)
+            self.hasher = Hasher(s.image_limits, s.effective_hash_workers)
+            await self.hasher.start()
+            self.dedup = Deduplicator(
+                self.index, self.hasher, s.policy, self.metrics, s.max_in_flight
+            )
+            self.fetcher = UrlFetcher(
+                max_bytes=s.max_image_bytes, timeout_s=s.url_fetch_timeout_s, allow_private=s.allow_private_urls
+            )
+            await self.fetcher.start()
+            app = create_http_app(self.dedup, self.metrics, s, self.readiness)
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=s.shutdown_timeout_s)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, s.http_host, s.http_port)
+            await site.start()
+            sockets = getattr(site._server, "sockets", None) or []
+            self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
+            if s.kafka_bootstrap:
+                self.consumer = UploadConsumer(s, self.dedup, self.fetcher, self.metrics)
+                try:
+                    await self.consumer.start()
+                except KafkaError as exc:
+                    self.consumer = None
+                    raise StartupError(
+                        f"Kafka at {s.kafka_bootstrap} does not answer ({exc}); start it, fix "
+                        "IMGDEDUP_KAFKA_BOOTSTRAP, or unset it to serve HTTP only"
+                    ) from exc
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "imgdedup started",
+            extra={
+                "index": s.index_backend,
+                "http": f"{s.http_host}:{self.http_port}",
+                "kafka": s.kafka_bootstrap or "disabled",
+                "hash_workers": s.effective_hash_workers,
+            },
+        )
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        if self.index is not None:
+            try:
+                await asyncio.wait_for(self.index.ping(), 3)
+                checks[self.index.backend] = "ok"
+            except Exception as exc:
+                checks[self.index.backend] = f"{type(exc).__name__}: {exc}"
+        if self.settings.kafka_bootstrap:
+            checks["kafka"] = await self.consumer.ready() if self.consumer else "not started"
+        return checks
+
+    async def stop(self) -> None:
+        """Reverse order: stop taking work, drain, then close what the work used. Every
+        step runs even if an earlier one failed."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]] | None]] = [
+            ("consumer", self.consumer.stop if self.consumer else None),
+            ("http", self._runner.cleanup if self._runner else None),
+            ("fetcher", self.fetcher.close if self.fetcher else None),
+            ("hasher", self.hasher.close if self.hasher else None),
+            ("index", self.index.close if self.index else None),
+        ]
+        self.consumer = self._runner = self.fetcher = self.hasher = self.index = None  # type: ignore[assignment]
+        for name, close in steps:
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception:
+                log.exception("closing %s failed", name)
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set), then drain and exit."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = Service(settings)
+    await service.start()
+    try:
+        waiters = [asyncio.create_task(stop.wait())]
+        if service.consumer is not None:
+            waiters.append(asyncio.create_task(service.consumer.wait()))
+        done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if task.exception() is not None:
+                log.error("consumer loop crashed; shutting down", exc_info=task.exception())
+        log.info("shutting down: draining in-flight work")
+    finally:
+        await service.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

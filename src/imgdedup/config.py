@@ -1,0 +1,387 @@
+"""All configuration, from `IMGDEDUP_*` environment variables, validated once at start-up.
+
+`Settings.from_env()` is the only place that reads the environment. Every problem is
+collected and reported together in one `ConfigError`, so an operator fixes a broken
+deployment in one round trip instead of one variable at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from imgdedup.decisions.rules import Policy
+    from imgdedup.fingerprint.hashing import ImageLimits
+
+PREFIX = "IMGDEDUP_"
+
+#: Most buckets one query may probe: beyond this a query reads megabytes from Redis.
+MAX_PROBES = 5000
+
+
+class ConfigError(ValueError):
+    """Raised with every invalid or inconsistent setting listed, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def _doc(default: Any, doc: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"doc": doc, **meta})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service settings. Field `foo_bar` is read from `IMGDEDUP_FOO_BAR`."""
+
+    # --- index / storage -------------------------------------------------------------
+    redis_url: str = _doc(
+        "", "Redis URL (redis:// or rediss://). Empty: the embedded in-memory index "
+        "(single process, nothing persisted)."
+    )
+    redis_prefix: str = _doc("imgdedup", "Prefix of every Redis key this service writes.")
+    redis_username: str = _doc("", "Redis ACL user (overrides the URL's user).")
+    redis_password: str = _doc("", "Redis password (overrides the URL's password).")
+    redis_ssl_ca_file: str = _doc("", "CA bundle to verify Redis TLS (rediss://) servers; empty: system store.")
+    redis_ssl_certfile: str = _doc("", "Client certificate for Redis mutual TLS.")
+    redis_ssl_keyfile: str = _doc("", "Private key of the Redis client certificate.")
+    mih_substrings: int = _doc(
+        4, "MIH substring count m for *new* namespaces (64-bit codes split in m parts); "
+        "rule of thumb m ~ 64 / log2(expected images).", lo=1, hi=8
+    )
+    redis_mirror: bool = _doc(
+        False, "Mirror layout for *new* Redis namespaces: no bucket keys; registrations are "
+        "appended to a Redis stream per namespace and every replica answers near queries from "
+        "its own in-process multi-index table of the namespace, caught up from the stream "
+        "before each query (one small round trip instead of an MGET of ~1,100 keys). Redis "
+        "holds 26 B per code with one code per image (fewer per code for images with crop "
+        "windows) instead of 56-93 B of buckets (m = 4); each replica holds ~75-90 B per "
+        "code, reads the whole stream on its "
+        "first request for a namespace, and the stream is never compacted. Existing namespaces "
+        "keep their layout. Turn on only once every replica runs a version that knows it "
+        "(docs/design.md)."
+    )
+    # --- decisions ---------------------------------------------------------------------
+    duplicate_radius: int = _doc(
+        10, "Hamming distance at or below which a near match is a duplicate (unless its "
+        "thumbnails rule it out: IMGDEDUP_MIN_SIMILARITY).", lo=0, hi=32
+    )
+    review_radius: int = _doc(
+        12, "Largest distance at which a candidate counts: above the duplicate radius it is a "
+        "duplicate when its thumbnails confirm it (IMGDEDUP_CONFIRM_SIMILARITY), else the "
+        "verdict is `review`.", lo=0, hi=32
+    )
+    min_similarity: float = _doc(
+        0.87, "Second look (thumbnail correlation, -1..1) a candidate within the duplicate "
+        "radius needs to be a duplicate; below it the verdict is `review` (a look-alike).",
+        lo=-1.0, hi=1.0
+    )
+    confirm_similarity: float = _doc(
+        0.94, "Thumbnail correlation at or above which a candidate between the duplicate and "
+        "the review radius (a crop, a heavier edit) is a duplicate instead of `review`.",
+        lo=-1.0, hi=1.0
+    )
+    # --- input limits ------------------------------------------------------------------
+    max_image_bytes: int = _doc(
+        25 * 1024 * 1024, "Largest accepted image, in bytes (HTTP body, event payload, URL "
+        "download).", lo=1
+    )
+    max_image_pixels: int = _doc(
+        50_000_000, "Largest accepted canvas in pixels (decompression-bomb guard).", lo=1
+    )
+    crop_windows: bool = _doc(
+        True, "Also index codes of 33 crop windows per kept image, so later crops (up to ~30 % "
+        "of the area removed) match it. Costs ~20x the bucket memory per image and ~0.3 ms "
+        "of hashing per JPEG (docs/performance.md); queries probe only whole-image codes."
+    )
+    match_rotations: bool = _doc(
+        False, "Also match mirrored and rotated (90/180/270 degree) copies: every lookup "
+        "probes the 7 mirror/rotation variants of each whole-image code as well, ~8x the "
+        "probes per query. The index is unchanged, so it can be switched on at any time."
+    )
+    # --- hashing -----------------------------------------------------------------------
+    hash_workers: int = _doc(
+        0, "Hashing worker processes; 0 = one per CPU core.", lo=0, hi=256
+    )
+    max_in_flight: int = _doc(
+        64, "Images being processed at once (back-pressure bound for Kafka and HTTP).",
+        lo=1, hi=100_000
+    )
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = _doc(
+        "", "Kafka bootstrap servers (host:port,...). Empty: no consumer, HTTP only."
+    )
+    kafka_group_id: str = _doc("imgdedup", "Consumer group id.")
+    kafka_input_topic: str = _doc("image-uploads", "Topic of ImageUploaded events.")
+    kafka_decisions_topic: str = _doc("image-decisions", "Topic DedupDecision events go to.")
+    kafka_dlq_topic: str = _doc("image-uploads.dlq", "Dead-letter topic for rejected events.")
+    kafka_client_id: str = _doc("imgdedup", "Kafka client id.")
+    kafka_security_protocol: str = _doc(
+        "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    kafka_sasl_mechanism: str = _doc(
+        "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL protocol).",
+        choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    )
+    kafka_sasl_username: str = _doc("", "SASL user name.")
+    kafka_sasl_password: str = _doc("", "SASL password.")
+    kafka_ssl_cafile: str = _doc("", "CA bundle for Kafka TLS (empty: system store).")
+    kafka_ssl_certfile: str = _doc("", "Client certificate for Kafka mutual TLS.")
+    kafka_ssl_keyfile: str = _doc("", "Private key of the Kafka client certificate.")
+    kafka_fetch_max_wait_ms: int = _doc(
+        100, "How long the broker may hold a fetch waiting for data: the floor of a quiet "
+        "topic's latency (aiokafka's default, 500 ms, adds ~0.1-0.5 s per event at low load).",
+        lo=1, hi=60_000,
+    )
+    kafka_commit_interval_ms: int = _doc(
+        1000, "How often finished offsets are committed.", lo=10, hi=600_000
+    )
+    kafka_max_retry_backoff_ms: int = _doc(
+        30_000, "Ceiling of the back-off when Redis or the broker fails transiently.",
+        lo=10, hi=3_600_000
+    )
+    # --- URL sources -------------------------------------------------------------------
+    url_fetch_timeout_s: float = _doc(
+        10.0, "Total timeout for fetching an event's `url` source.", lo=0.1, hi=600
+    )
+    allow_private_urls: bool = _doc(
+        False, "Allow `url` sources on private, loopback and link-local addresses."
+    )
+    # --- HTTP --------------------------------------------------------------------------
+    http_host: str = _doc("127.0.0.1", "HTTP listen address (0.0.0.0 in containers).")
+    http_port: int = _doc(8080, "HTTP listen port.", lo=0, hi=65535)
+    # --- process -----------------------------------------------------------------------
+    log_level: str = _doc(
+        "INFO", "DEBUG, INFO, WARNING or ERROR.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    log_format: str = _doc("json", "json or text.", choices=("json", "text"))
+    shutdown_timeout_s: float = _doc(
+        25.0, "Longest graceful drain on SIGTERM before in-flight work is abandoned "
+        "(it is redelivered: offsets are only committed after decisions are produced).",
+        lo=0.1, hi=3600,
+    )
+
+    @property
+    def index_backend(self) -> str:
+        return "redis" if self.redis_url else "memory"
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """The input limits and hashing options every hashing path uses (service, scan, CLI)."""
+        from imgdedup.fingerprint.hashing import ImageLimits
+
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.crop_windows, self.match_rotations)
+
+    @property
+    def policy(self) -> Policy:
+        """The decision rules every path uses (service, scan, benchmarks)."""
+        from imgdedup.decisions.rules import Policy
+
+        return Policy(
+            self.duplicate_radius, self.review_radius, self.min_similarity, self.confirm_similarity,
+            self.match_rotations,
+        )
+
+    @property
+    def effective_hash_workers(self) -> int:
+        if self.hash_workers:
+            return self.hash_workers
+        try:  # the CPUs this process may run on (containers, taskset), not the host's count
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not on Linux
+            return os.cpu_count() or 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read, convert and validate; raise `ConfigError` listing every problem."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        known = {PREFIX + f.name.upper() for f in dataclasses.fields(cls)}
+        for key in env:
+            if key.startswith(PREFIX) and key not in known:
+                problems.append(f"{key}: unknown setting (typo?)")
+        for f in dataclasses.fields(cls):
+            name = PREFIX + f.name.upper()
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get(name)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = _CONVERTERS[type(f.default)](raw.strip())
+            except ValueError as exc:
+                problems.append(f"{name}={raw!r}: {exc}")
+        # Validate what did convert (the rest keeps its default), so one start-up reports
+        # conversion and range problems together.
+        settings = cls(**values)
+        problems.extend(settings.problems())
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+
+    def problems(self) -> list[str]:
+        """Every invalid or inconsistent setting, as operator-facing sentences."""
+        problems: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            name = PREFIX + f.name.upper()
+            lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{name}={value}: must be a finite number")
+                continue
+            if lo is not None and value < lo:
+                problems.append(f"{name}={value}: must be >= {lo}")
+            if hi is not None and value > hi:
+                problems.append(f"{name}={value}: must be <= {hi}")
+            choices = f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                problems.append(f"{name}={value!r}: must be one of {', '.join(map(repr, choices))}")
+        if self.review_radius < self.duplicate_radius:
+            problems.append(
+                f"{PREFIX}REVIEW_RADIUS={self.review_radius} is below "
+                f"{PREFIX}DUPLICATE_RADIUS={self.duplicate_radius}: the review band would be empty "
+                "in a way that hides a typo; set them equal to disable review"
+            )
+        if bool(self.redis_ssl_certfile) != bool(self.redis_ssl_keyfile):
+            problems.append(f"{PREFIX}REDIS_SSL_CERTFILE and {PREFIX}REDIS_SSL_KEYFILE go together")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            problems.append(f"{PREFIX}KAFKA_SSL_CERTFILE and {PREFIX}KAFKA_SSL_KEYFILE go together")
+        from imgdedup.index.mih import probe_count  # pure maths; imported here to keep config import-light
+
+        if self.redis_mirror and not self.redis_url:
+            problems.append(
+                f"{PREFIX}REDIS_MIRROR=true needs {PREFIX}REDIS_URL: it is a layout of the Redis "
+                "index (the in-memory index is a local table already)"
+            )
+        # Kept with the mirror layout too: namespaces created before it (or by replicas
+        # with it off) keep their buckets and are still probed with one MGET per query.
+        if 1 <= self.mih_substrings <= 8 and 0 <= self.review_radius <= 32:
+            probed = probe_count(self.review_radius, self.mih_substrings)
+            if probed > MAX_PROBES:
+                problems.append(
+                    f"{PREFIX}MIH_SUBSTRINGS={self.mih_substrings} with {PREFIX}REVIEW_RADIUS="
+                    f"{self.review_radius} probes {probed} buckets per query (limit {MAX_PROBES}); "
+                    "use more substrings or a smaller radius"
+                )
+        if self.redis_url and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
+            problems.append(
+                f"{PREFIX}REDIS_URL={self.redis_url!r}: must start with redis://, rediss:// or unix://"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.redis_prefix):
+            problems.append(f"{PREFIX}REDIS_PREFIX={self.redis_prefix!r}: use 1-64 of [A-Za-z0-9_.:-]")
+        if self.kafka_bootstrap:
+            for hostport in self.kafka_bootstrap.split(","):
+                match = re.fullmatch(r"([^\s:,]+|\[[0-9a-fA-F:]+\]):(\d{1,5})", hostport.strip())
+                if not match or not 1 <= int(match.group(2)) <= 65535:
+                    problems.append(
+                        f"{PREFIX}KAFKA_BOOTSTRAP: {hostport!r} is not host:port (port 1-65535)"
+                    )
+            topics = {self.kafka_input_topic, self.kafka_decisions_topic, self.kafka_dlq_topic}
+            if len(topics) != 3:
+                problems.append("the input, decisions and DLQ topics must be three different topics")
+            if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
+                problems.append(
+                    f"{PREFIX}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                    f"{PREFIX}KAFKA_SASL_MECHANISM"
+                )
+        return problems
+
+    def file_problems(self) -> list[str]:
+        """TLS files that do not exist here. Apart from `problems()` because it depends on
+        the machine: manifests are validated where these paths do not exist yet."""
+        out = []
+        for name in ("redis_ssl_ca_file", "redis_ssl_certfile", "redis_ssl_keyfile",
+                     "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                out.append(f"{PREFIX}{name.upper()}={path!r}: no such file")
+        return out
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, description) rows, for `imgdedup config` and the README."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default
+            shown = ("true" if default else "false") if isinstance(default, bool) else str(default)
+            rows.append((PREFIX + f.name.upper(), shown if shown != "" else "(empty)", f.metadata["doc"]))
+        return rows
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings for logging, with secrets masked."""
+        out = dataclasses.asdict(self)
+        for key in ("redis_password", "kafka_sasl_password"):
+            if out[key]:
+                out[key] = "***"
+        out["redis_url"] = redact_url(out["redis_url"])
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Mask the password of a URL: in the user-info (which may itself contain '@') and in a
+    `password=` query parameter, both of which redis-py honours."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        netloc = f"{user}:***@{hostport}" if ":" in userinfo else f"***@{hostport}"
+    query = urlencode(
+        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        safe="*",
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+_CONVERTERS: dict[type, Callable[[str], Any]] = {
+    str: str,
+    int: _parse_int,
+    float: _parse_float,
+    bool: _parse_bool,
+}

@@ -1,0 +1,154 @@
+"""The verdict rules, as pure functions of what the index found.
+
+A near candidate is a duplicate when its code is close *and* a second look agrees: the
+tiny-thumbnail correlation of `verify.second_look`, with its colour and shape checks.
+Within the duplicate radius the look only has to rule out a look-alike (similarity >=
+`min_similarity`); between the duplicate and the review radius it has to confirm a copy
+(>= `confirm_similarity`). Anything else within the review radius is `review`. A candidate stored without thumbnails (written by
+an older version) is judged by distance alone, as before.
+
+Kept images (verdict `accepted` or `review`) are the ones an upload pipeline stores, so
+they are the ones indexed and matched against. A `duplicate` is recorded (for replay
+and for "duplicates of X") but never becomes a match target itself: it was not stored.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from imgdedup.fingerprint.second_look import second_look
+
+
+class Verdict(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REVIEW = "review"
+    REJECTED = "rejected"
+
+
+class CheckVerdict(enum.StrEnum):
+    UNIQUE = "unique"
+    DUPLICATE = "duplicate"
+    REVIEW = "review"
+
+
+class MatchKind(enum.StrEnum):
+    EXACT = "exact"
+    NEAR = "near"
+
+
+KEPT_VERDICTS = frozenset({Verdict.ACCEPTED, Verdict.REVIEW})
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A kept image the index found for a query."""
+
+    image_id: str
+    seq: int  # registration order within the namespace: smaller = registered earlier
+    distance: int
+    match: MatchKind
+    #: The stored verification thumbnails (`hashing.thumbnails`); empty when unknown.
+    thumbnail: bytes = field(default=b"", repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Everything the index saw for one query, nearest first."""
+
+    candidates: tuple[Candidate, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    duplicate_radius: int
+    review_radius: int
+    #: Within the duplicate radius: a similarity below this is a look-alike (review).
+    min_similarity: float = 0.87
+    #: Between the duplicate and the review radius: a similarity at or above this is a
+    #: duplicate (a crop found through a window code, a heavier edit).
+    confirm_similarity: float = 0.94
+    #: The mirror/rotation mode: the second look also compares mirrored/rotated views.
+    match_rotations: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.duplicate_radius <= self.review_radius:
+            raise ValueError("need 0 <= duplicate_radius <= review_radius")
+        if not -1.0 <= self.min_similarity <= 1.0 or not -1.0 <= self.confirm_similarity <= 1.0:
+            raise ValueError("similarities are correlations: need -1 <= value <= 1")
+
+    def confirmed(self, candidate: Candidate, query_thumbnail: bytes) -> tuple[bool, float | None]:
+        """(is it a duplicate, the similarity measured) for a near candidate."""
+        if candidate.distance > self.review_radius:
+            return False, None
+        look = second_look(query_thumbnail, candidate.thumbnail, symmetries=self.match_rotations)
+        sim = look.similarity
+        if look.colour is False or look.shape is False:  # alike in grey only, or of another shape
+            return False, sim
+        if sim is None:
+            return candidate.distance <= self.duplicate_radius, None
+        if candidate.distance <= self.duplicate_radius:
+            return sim >= self.min_similarity, sim
+        return sim >= self.confirm_similarity, sim
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    duplicate_of: str | None = None
+    distance: int | None = None
+    match: MatchKind | None = None
+    #: Thumbnail correlation with `duplicate_of` (near matches with thumbnails only).
+    similarity: float | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.verdict in KEPT_VERDICTS
+
+
+def sort_candidates(candidates: list[Candidate]) -> tuple[Candidate, ...]:
+    """Exact first, then nearest, then earliest registered."""
+    return tuple(
+        sorted(candidates, key=lambda c: (c.match != MatchKind.EXACT, c.distance, c.seq))
+    )
+
+
+def decide(lookup: Lookup, policy: Policy, query_thumbnail: bytes = b"") -> Decision:
+    """Verdict for registering an image, given the kept images near it and the image's
+    own verification thumbnails.
+
+    An exact byte match wins. Otherwise `duplicate_of` is the *earliest registered*
+    confirmed candidate (the original, not merely the closest copy: see
+    `Policy.confirmed`), and failing that the earliest within the review radius.
+    """
+    exact = [c for c in lookup.candidates if c.match == MatchKind.EXACT]
+    if exact:
+        first = min(exact, key=lambda c: c.seq)
+        return Decision(Verdict.DUPLICATE, first.image_id, 0, MatchKind.EXACT)
+    within = sorted((c for c in lookup.candidates if c.distance <= policy.review_radius), key=lambda c: c.seq)
+    review: Decision | None = None
+    for candidate in within:  # earliest first; stop at the first confirmed one
+        confirmed, sim = policy.confirmed(candidate, query_thumbnail)
+        if confirmed:
+            return Decision(Verdict.DUPLICATE, candidate.image_id, candidate.distance, MatchKind.NEAR, sim)
+        if review is None:
+            review = Decision(Verdict.REVIEW, candidate.image_id, candidate.distance, MatchKind.NEAR, sim)
+    return review or Decision(Verdict.ACCEPTED)
+
+
+def check(
+    lookup: Lookup, policy: Policy, query_thumbnail: bytes = b""
+) -> tuple[CheckVerdict, tuple[Candidate, ...], Decision]:
+    """Verdict for a dry-run check, the matches within the review radius (nearest first),
+    and the decision registering would make (which match it names, and the similarity)."""
+    matches = sort_candidates(
+        [c for c in lookup.candidates if c.match == MatchKind.EXACT or c.distance <= policy.review_radius]
+    )
+    decision = decide(Lookup(matches), policy, query_thumbnail)
+    verdict = {
+        Verdict.ACCEPTED: CheckVerdict.UNIQUE,
+        Verdict.DUPLICATE: CheckVerdict.DUPLICATE,
+        Verdict.REVIEW: CheckVerdict.REVIEW,
+    }[decision.verdict]
+    return verdict, matches, decision
