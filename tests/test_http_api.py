@@ -26,6 +26,8 @@ from PIL import Image, ImageEnhance
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from imgdedup.adapters.decision_view import DecisionView
+from imgdedup.adapters.events import decision_from_record, decode_decision, encode_decision
 from imgdedup.adapters.http_api import METRICS_CONTENT_TYPE, create_http_app
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
@@ -93,6 +95,12 @@ def check_url(ns: str = NS) -> str:
 
 
 JPEG = {"Content-Type": "image/jpeg"}
+
+#: What both a registration's answer and a stored record tell about an image.
+DECISION_FIELDS = frozenset({
+    "image_id", "namespace", "verdict", "duplicate_of", "distance", "match", "similarity",
+    "sha256", "phashes", "width", "height", "format", "created_at",
+})
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -205,22 +213,7 @@ async def test_register_new_image_is_accepted_with_201(client: TestClient) -> No
     assert response.status == 201
     assert response.headers["Location"] == image_url("a1")
     body = await response.json()
-    assert set(body) == {
-        "image_id",
-        "namespace",
-        "verdict",
-        "duplicate_of",
-        "distance",
-        "match",
-        "similarity",
-        "replayed",
-        "sha256",
-        "phashes",
-        "width",
-        "height",
-        "format",
-        "created_at",
-    }
+    assert set(body) == DECISION_FIELDS | {"replayed"}
     assert body["image_id"] == "a1" and body["namespace"] == NS
     assert body["verdict"] == "accepted"
     assert body["duplicate_of"] is None and body["distance"] is None and body["match"] is None
@@ -319,6 +312,38 @@ async def test_namespaces_are_independent(client: TestClient) -> None:
     assert (await register(client, "x", data, ns="two"))[1]["verdict"] == "accepted"
 
 
+async def test_registration_body_and_decision_event_tell_the_same_decision(
+    client: TestClient, dedup: Deduplicator
+) -> None:
+    """HTTP and Kafka clients are told the same decision (None on HTTP is unset in the event)."""
+    registered = [
+        await register(client, "orig", original("rocket")),
+        await register(client, "variant", resized("rocket")),
+    ]
+    assert [body["verdict"] for _, body in registered] == ["accepted", "duplicate"]
+    assert registered[1][1]["similarity"] is not None  # every decision field has a value
+    for _, body in registered:
+        record = await dedup.get(NS, body["image_id"])
+        assert record is not None
+        event = decode_decision(
+            encode_decision(decision_from_record(record, event_id="e1", replayed=False), as_json=False)
+        )
+        told = {
+            "image_id": event.image_id,
+            "namespace": event.namespace,
+            "verdict": event.verdict,
+            "duplicate_of": event.duplicate_of or None,
+            "distance": event.distance if event.HasField("distance") else None,
+            "match": event.match or None,
+            "similarity": event.similarity if event.HasField("similarity") else None,
+            "replayed": event.replayed,
+            "sha256": event.sha256,
+            "phashes": list(event.phashes),
+        }
+        assert set(told) == DecisionView.__required_keys__ | DecisionView.__optional_keys__
+        assert {name: body[name] for name in told} == told
+
+
 # --- check ------------------------------------------------------------------------------
 
 
@@ -388,23 +413,7 @@ async def test_get_record(client: TestClient) -> None:
     response = await client.get(image_url("c-1"))
     assert response.status == 200
     record = await response.json()
-    assert set(record) == {
-        "image_id",
-        "namespace",
-        "verdict",
-        "duplicate_of",
-        "distance",
-        "match",
-        "similarity",
-        "sha256",
-        "phashes",
-        "width",
-        "height",
-        "format",
-        "size_bytes",
-        "created_at",
-        "event_id",
-    }
+    assert set(record) == DECISION_FIELDS | {"size_bytes", "event_id"}
     assert record["image_id"] == "c-1" and record["namespace"] == NS
     assert record["verdict"] == "accepted"
     assert record["sha256"] == hashlib.sha256(data).hexdigest()

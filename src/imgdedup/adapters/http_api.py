@@ -23,6 +23,7 @@ from aiohttp import hdrs, web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from imgdedup.adapters.decision_view import decision_view
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import CheckResult, Deduplicator
 from imgdedup.errors import ContentionError, ImageTooLarge, InputError
@@ -113,7 +114,7 @@ async def _register(request: web.Request) -> web.Response:
         state.metrics.decisions.labels(SOURCE, registration.record.verdict.value).inc()
     location = request.app.router["image"].url_for(ns=ns, image_id=image_id)
     return web.json_response(
-        _decision_json(registration),
+        _registration_json(registration),
         status=200 if registration.replayed else 201,
         headers={hdrs.LOCATION: str(location)},
     )
@@ -236,25 +237,10 @@ def _iso(timestamp: float) -> str:
     )
 
 
-def _decision_fields(record: ImageRecord) -> dict[str, Any]:
-    return {
-        "image_id": record.image_id,
-        "namespace": record.namespace,
-        "verdict": record.verdict.value,
-        "duplicate_of": record.duplicate_of,
-        "distance": record.distance,
-        "match": record.match.value if record.match else None,
-        "similarity": record.similarity,
-    }
-
-
-def _decision_json(registration: Registration) -> dict[str, Any]:
+def _registration_json(registration: Registration) -> dict[str, Any]:
     record = registration.record
     return {
-        **_decision_fields(record),
-        "replayed": registration.replayed,
-        "sha256": record.sha256,
-        "phashes": [code_hex(c) for c in record.codes],
+        **decision_view(record, replayed=registration.replayed),
         "width": record.width,
         "height": record.height,
         "format": record.format,
@@ -264,9 +250,7 @@ def _decision_json(registration: Registration) -> dict[str, Any]:
 
 def _record_json(record: ImageRecord) -> dict[str, Any]:
     return {
-        **_decision_fields(record),
-        "sha256": record.sha256,
-        "phashes": [code_hex(c) for c in record.codes],
+        **decision_view(record),
         "width": record.width,
         "height": record.height,
         "format": record.format,
