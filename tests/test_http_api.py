@@ -186,6 +186,26 @@ async def client(
     return await make_client(dedup)
 
 
+ClientHashingWith = Callable[[Callable[[bytes], Awaitable[Any]]], Awaitable[TestClient]]
+
+
+@pytest.fixture
+def client_hashing_with(
+    make_client: Callable[..., Awaitable[TestClient]],
+    index: DedupIndex,
+    hasher: Hasher,
+    metrics: Metrics,
+    monkeypatch: pytest.MonkeyPatch,
+) -> ClientHashingWith:
+    """A client whose hasher fingerprints with the given coroutine function instead."""
+
+    async def make(fingerprint: Callable[[bytes], Awaitable[Any]]) -> TestClient:
+        monkeypatch.setattr(hasher, "fingerprint", fingerprint)
+        return await make_client(Deduplicator(index, hasher, Policy(8, 12), metrics, 4))
+
+    return make
+
+
 async def register(
     client: TestClient, image_id: str, data: bytes, ns: str = NS
 ) -> tuple[int, dict[str, Any]]:
@@ -757,18 +777,11 @@ async def test_unexpected_error_is_500_without_traceback(
     assert (errors[0].namespace, errors[0].image_id) == (NS, "x")  # type: ignore[attr-defined]
 
 
-async def test_hashing_crash_is_422(
-    make_client: Callable[..., Awaitable[TestClient]],
-    index: DedupIndex,
-    hasher: Hasher,
-    metrics: Metrics,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_hashing_crash_is_422(client_hashing_with: ClientHashingWith) -> None:
     async def crash(data: bytes) -> Any:
         raise HashingCrashed("the image crashed the decoder twice")
 
-    monkeypatch.setattr(hasher, "fingerprint", crash)
-    client = await make_client(Deduplicator(index, hasher, Policy(8, 12), metrics, 4))
+    client = await client_hashing_with(crash)
     await assert_error(
         await client.post(image_url("x"), data=original("camera"), headers=JPEG),
         422,
@@ -797,31 +810,28 @@ async def test_healthz(client: TestClient) -> None:
     assert await response.json() == {"status": "ok"}
 
 
-async def test_readyz_ready(
-    make_client: Callable[..., Awaitable[TestClient]], dedup: Deduplicator
+@pytest.mark.parametrize(
+    "checks,status,state",
+    [
+        ({"redis": "ok", "kafka": "ok"}, 200, "ready"),
+        ({"redis": "ok", "kafka": "KafkaConnectionError: broker unreachable"}, 503, "unavailable"),
+    ],
+    ids=["ready", "unavailable"],
+)
+async def test_readyz_reports_every_check(
+    make_client: Callable[..., Awaitable[TestClient]],
+    dedup: Deduplicator,
+    checks: dict[str, str],
+    status: int,
+    state: str,
 ) -> None:
-    async def ready() -> dict[str, str]:
-        return {"redis": "ok", "kafka": "ok"}
+    async def probe() -> dict[str, str]:
+        return checks
 
-    client = await make_client(dedup, ready)
+    client = await make_client(dedup, probe)
     response = await client.get("/readyz")
-    assert response.status == 200
-    assert await response.json() == {"status": "ready", "checks": {"redis": "ok", "kafka": "ok"}}
-
-
-async def test_readyz_unavailable(
-    make_client: Callable[..., Awaitable[TestClient]], dedup: Deduplicator
-) -> None:
-    async def not_ready() -> dict[str, str]:
-        return {"redis": "ok", "kafka": "KafkaConnectionError: broker unreachable"}
-
-    client = await make_client(dedup, not_ready)
-    response = await client.get("/readyz")
-    assert response.status == 503
-    assert await response.json() == {
-        "status": "unavailable",
-        "checks": {"redis": "ok", "kafka": "KafkaConnectionError: broker unreachable"},
-    }
+    assert response.status == status
+    assert await response.json() == {"status": state, "checks": checks}
     # liveness does not depend on readiness
     assert (await client.get("/healthz")).status == 200
 
@@ -876,11 +886,7 @@ async def test_metrics_exposition(client: TestClient) -> None:
 
 
 async def test_in_flight_gauge_counts_requests_being_processed(
-    make_client: Callable[..., Awaitable[TestClient]],
-    index: DedupIndex,
-    hasher: Hasher,
-    metrics: Metrics,
-    monkeypatch: pytest.MonkeyPatch,
+    client_hashing_with: ClientHashingWith, hasher: Hasher, metrics: Metrics
 ) -> None:
     release = asyncio.Event()
     entered = asyncio.Event()
@@ -891,8 +897,7 @@ async def test_in_flight_gauge_counts_requests_being_processed(
         await release.wait()
         return await real(data)
 
-    monkeypatch.setattr(hasher, "fingerprint", slow)
-    client = await make_client(Deduplicator(index, hasher, Policy(8, 12), metrics, 4))
+    client = await client_hashing_with(slow)
     task = asyncio.create_task(register(client, "slow", original("camera")))
     await asyncio.wait_for(entered.wait(), 5)
     gauge = metrics.registry.get_sample_value("imgdedup_in_flight", {"source": "http"})
