@@ -57,10 +57,7 @@ def decode_upload(value: bytes | None, headers: Headers | None, fallback_event_i
         raise InvalidEvent("the record has no value")
     message = events_pb2.ImageUploaded()
     try:
-        if is_json(headers):
-            json_format.Parse(value.decode("utf-8"), message)
-        else:
-            message.ParseFromString(value)
+        _parse(message, value, headers)
     except (json_format.ParseError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"not an ImageUploaded JSON document: {exc}") from None
     except DecodeError as exc:
@@ -94,10 +91,7 @@ def partial_identity(value: bytes | None, headers: Headers | None) -> tuple[str,
     so the rejection can still be routed to whoever sent it."""
     message = events_pb2.ImageUploaded()
     try:
-        if is_json(headers):
-            json_format.Parse((value or b"").decode("utf-8"), message, ignore_unknown_fields=True)
-        else:
-            message.ParseFromString(value or b"")
+        _parse(message, value or b"", headers, ignore_unknown_fields=True)
     except Exception:
         return "", "", ""
     return message.event_id, message.namespace, message.image_id
@@ -144,11 +138,18 @@ def encode_decision(message: events_pb2.DedupDecision, *, as_json: bool) -> byte
 
 def decode_decision(value: bytes, headers: Headers | None = None) -> events_pb2.DedupDecision:
     message = events_pb2.DedupDecision()
+    _parse(message, value, headers)
+    return message
+
+
+def _parse(
+    message: Message, value: bytes, headers: Headers | None, *, ignore_unknown_fields: bool = False
+) -> None:
+    """Fill `message` from a record value in the format its `content-type` header names."""
     if is_json(headers):
-        json_format.Parse(value.decode("utf-8"), message)
+        json_format.Parse(value.decode("utf-8"), message, ignore_unknown_fields=ignore_unknown_fields)
     else:
         message.ParseFromString(value)
-    return message
 
 
 def _serialise(message: Message, *, as_json: bool) -> bytes:
