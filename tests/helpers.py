@@ -16,12 +16,16 @@ import imgdedup_devtools.samples
 import numpy as np
 from PIL import Image
 
+from imgdedup.decisions.rules import Policy
 from imgdedup.fingerprint.hashing import Fingerprint
 
 SAMPLES_DIR = Path(imgdedup_devtools.samples.__file__).parent
 SAMPLE_NAMES = tuple(sorted(p.stem for p in SAMPLES_DIR.glob("*.jpg")))
 
 MASK64 = (1 << 64) - 1
+
+#: The decision policy the tests share: a duplicate within 8 bits, review up to 12.
+POLICY = Policy(duplicate_radius=8, review_radius=12)
 
 
 # --- fingerprints and codes -------------------------------------------------------------

@@ -324,6 +324,17 @@ def test_substring_count_too_small_for_the_radius_is_refused():
     assert load(mih_substrings="5", review_radius="16").review_radius == 16
 
 
+def test_every_tls_file_is_checked_and_each_certificate_needs_its_key(tmp_path):
+    names = [
+        "redis_ssl_ca_file", "redis_ssl_certfile", "redis_ssl_keyfile",
+        "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
+    ]
+    missing = Settings(**{name: str(tmp_path / f"{name}.pem") for name in names}).file_problems()
+    assert [problem.split("=")[0] for problem in missing] == [PREFIX + name.upper() for name in names]
+    problems = problems_of(redis_ssl_keyfile=str(tmp_path / "k.pem"))
+    assert any("REDIS_SSL_CERTFILE and IMGDEDUP_REDIS_SSL_KEYFILE go together" in p for p in problems)
+
+
 def test_tls_files_are_checked_and_reach_the_clients(tmp_path):
     from imgdedup.adapters.kafka_clients import connection_options
     from imgdedup.app import redis_client

@@ -1,8 +1,9 @@
-"""The verdict rules (`service.decisions`): pure functions of what the index found."""
+"""The verdict rules (`decisions.rules`): pure functions of what the index found."""
 
 from __future__ import annotations
 
 import pytest
+from helpers import POLICY
 
 from imgdedup.decisions.rules import (
     KEPT_VERDICTS,
@@ -17,8 +18,6 @@ from imgdedup.decisions.rules import (
     decide,
     sort_candidates,
 )
-
-POLICY = Policy(duplicate_radius=8, review_radius=12)
 
 
 def near(image_id: str, seq: int, distance: int) -> Candidate:

@@ -26,6 +26,8 @@ from PIL import Image, ImageEnhance
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from imgdedup.adapters.decision_view import DecisionView
+from imgdedup.adapters.events import decision_from_record, decode_decision, encode_decision
 from imgdedup.adapters.http_api import METRICS_CONTENT_TYPE, create_http_app
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
@@ -93,6 +95,12 @@ def check_url(ns: str = NS) -> str:
 
 
 JPEG = {"Content-Type": "image/jpeg"}
+
+#: What both a registration's answer and a stored record tell about an image.
+DECISION_FIELDS = frozenset({
+    "image_id", "namespace", "verdict", "duplicate_of", "distance", "match", "similarity",
+    "sha256", "phashes", "width", "height", "format", "created_at",
+})
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -178,6 +186,26 @@ async def client(
     return await make_client(dedup)
 
 
+ClientHashingWith = Callable[[Callable[[bytes], Awaitable[Any]]], Awaitable[TestClient]]
+
+
+@pytest.fixture
+def client_hashing_with(
+    make_client: Callable[..., Awaitable[TestClient]],
+    index: DedupIndex,
+    hasher: Hasher,
+    metrics: Metrics,
+    monkeypatch: pytest.MonkeyPatch,
+) -> ClientHashingWith:
+    """A client whose hasher fingerprints with the given coroutine function instead."""
+
+    async def make(fingerprint: Callable[[bytes], Awaitable[Any]]) -> TestClient:
+        monkeypatch.setattr(hasher, "fingerprint", fingerprint)
+        return await make_client(Deduplicator(index, hasher, Policy(8, 12), metrics, 4))
+
+    return make
+
+
 async def register(
     client: TestClient, image_id: str, data: bytes, ns: str = NS
 ) -> tuple[int, dict[str, Any]]:
@@ -205,22 +233,7 @@ async def test_register_new_image_is_accepted_with_201(client: TestClient) -> No
     assert response.status == 201
     assert response.headers["Location"] == image_url("a1")
     body = await response.json()
-    assert set(body) == {
-        "image_id",
-        "namespace",
-        "verdict",
-        "duplicate_of",
-        "distance",
-        "match",
-        "similarity",
-        "replayed",
-        "sha256",
-        "phashes",
-        "width",
-        "height",
-        "format",
-        "created_at",
-    }
+    assert set(body) == DECISION_FIELDS | {"replayed"}
     assert body["image_id"] == "a1" and body["namespace"] == NS
     assert body["verdict"] == "accepted"
     assert body["duplicate_of"] is None and body["distance"] is None and body["match"] is None
@@ -319,6 +332,38 @@ async def test_namespaces_are_independent(client: TestClient) -> None:
     assert (await register(client, "x", data, ns="two"))[1]["verdict"] == "accepted"
 
 
+async def test_registration_body_and_decision_event_tell_the_same_decision(
+    client: TestClient, dedup: Deduplicator
+) -> None:
+    """HTTP and Kafka clients are told the same decision (None on HTTP is unset in the event)."""
+    registered = [
+        await register(client, "orig", original("rocket")),
+        await register(client, "variant", resized("rocket")),
+    ]
+    assert [body["verdict"] for _, body in registered] == ["accepted", "duplicate"]
+    assert registered[1][1]["similarity"] is not None  # every decision field has a value
+    for _, body in registered:
+        record = await dedup.get(NS, body["image_id"])
+        assert record is not None
+        event = decode_decision(
+            encode_decision(decision_from_record(record, event_id="e1", replayed=False), as_json=False)
+        )
+        told = {
+            "image_id": event.image_id,
+            "namespace": event.namespace,
+            "verdict": event.verdict,
+            "duplicate_of": event.duplicate_of or None,
+            "distance": event.distance if event.HasField("distance") else None,
+            "match": event.match or None,
+            "similarity": event.similarity if event.HasField("similarity") else None,
+            "replayed": event.replayed,
+            "sha256": event.sha256,
+            "phashes": list(event.phashes),
+        }
+        assert set(told) == DecisionView.__required_keys__ | DecisionView.__optional_keys__
+        assert {name: body[name] for name in told} == told
+
+
 # --- check ------------------------------------------------------------------------------
 
 
@@ -388,23 +433,7 @@ async def test_get_record(client: TestClient) -> None:
     response = await client.get(image_url("c-1"))
     assert response.status == 200
     record = await response.json()
-    assert set(record) == {
-        "image_id",
-        "namespace",
-        "verdict",
-        "duplicate_of",
-        "distance",
-        "match",
-        "similarity",
-        "sha256",
-        "phashes",
-        "width",
-        "height",
-        "format",
-        "size_bytes",
-        "created_at",
-        "event_id",
-    }
+    assert set(record) == DECISION_FIELDS | {"size_bytes", "event_id"}
     assert record["image_id"] == "c-1" and record["namespace"] == NS
     assert record["verdict"] == "accepted"
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
@@ -748,18 +777,11 @@ async def test_unexpected_error_is_500_without_traceback(
     assert (errors[0].namespace, errors[0].image_id) == (NS, "x")  # type: ignore[attr-defined]
 
 
-async def test_hashing_crash_is_422(
-    make_client: Callable[..., Awaitable[TestClient]],
-    index: DedupIndex,
-    hasher: Hasher,
-    metrics: Metrics,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_hashing_crash_is_422(client_hashing_with: ClientHashingWith) -> None:
     async def crash(data: bytes) -> Any:
         raise HashingCrashed("the image crashed the decoder twice")
 
-    monkeypatch.setattr(hasher, "fingerprint", crash)
-    client = await make_client(Deduplicator(index, hasher, Policy(8, 12), metrics, 4))
+    client = await client_hashing_with(crash)
     await assert_error(
         await client.post(image_url("x"), data=original("camera"), headers=JPEG),
         422,
@@ -788,31 +810,28 @@ async def test_healthz(client: TestClient) -> None:
     assert await response.json() == {"status": "ok"}
 
 
-async def test_readyz_ready(
-    make_client: Callable[..., Awaitable[TestClient]], dedup: Deduplicator
+@pytest.mark.parametrize(
+    "checks,status,state",
+    [
+        ({"redis": "ok", "kafka": "ok"}, 200, "ready"),
+        ({"redis": "ok", "kafka": "KafkaConnectionError: broker unreachable"}, 503, "unavailable"),
+    ],
+    ids=["ready", "unavailable"],
+)
+async def test_readyz_reports_every_check(
+    make_client: Callable[..., Awaitable[TestClient]],
+    dedup: Deduplicator,
+    checks: dict[str, str],
+    status: int,
+    state: str,
 ) -> None:
-    async def ready() -> dict[str, str]:
-        return {"redis": "ok", "kafka": "ok"}
+    async def probe() -> dict[str, str]:
+        return checks
 
-    client = await make_client(dedup, ready)
+    client = await make_client(dedup, probe)
     response = await client.get("/readyz")
-    assert response.status == 200
-    assert await response.json() == {"status": "ready", "checks": {"redis": "ok", "kafka": "ok"}}
-
-
-async def test_readyz_unavailable(
-    make_client: Callable[..., Awaitable[TestClient]], dedup: Deduplicator
-) -> None:
-    async def not_ready() -> dict[str, str]:
-        return {"redis": "ok", "kafka": "KafkaConnectionError: broker unreachable"}
-
-    client = await make_client(dedup, not_ready)
-    response = await client.get("/readyz")
-    assert response.status == 503
-    assert await response.json() == {
-        "status": "unavailable",
-        "checks": {"redis": "ok", "kafka": "KafkaConnectionError: broker unreachable"},
-    }
+    assert response.status == status
+    assert await response.json() == {"status": state, "checks": checks}
     # liveness does not depend on readiness
     assert (await client.get("/healthz")).status == 200
 
@@ -867,11 +886,7 @@ async def test_metrics_exposition(client: TestClient) -> None:
 
 
 async def test_in_flight_gauge_counts_requests_being_processed(
-    make_client: Callable[..., Awaitable[TestClient]],
-    index: DedupIndex,
-    hasher: Hasher,
-    metrics: Metrics,
-    monkeypatch: pytest.MonkeyPatch,
+    client_hashing_with: ClientHashingWith, hasher: Hasher, metrics: Metrics
 ) -> None:
     release = asyncio.Event()
     entered = asyncio.Event()
@@ -882,8 +897,7 @@ async def test_in_flight_gauge_counts_requests_being_processed(
         await release.wait()
         return await real(data)
 
-    monkeypatch.setattr(hasher, "fingerprint", slow)
-    client = await make_client(Deduplicator(index, hasher, Policy(8, 12), metrics, 4))
+    client = await client_hashing_with(slow)
     task = asyncio.create_task(register(client, "slow", original("camera")))
     await asyncio.wait_for(entered.wait(), 5)
     gauge = metrics.registry.get_sample_value("imgdedup_in_flight", {"source": "http"})

@@ -9,23 +9,13 @@ import functools
 
 import numpy as np
 import pytest
-from helpers import flip_bits, hamming, make_fingerprint, random_code
+from helpers import POLICY, flip_bits, hamming, make_fingerprint, random_code
 
-from imgdedup.decisions.rules import (
-    CheckVerdict,
-    Decision,
-    Lookup,
-    MatchKind,
-    Policy,
-    Verdict,
-    check,
-    decide,
-)
+from imgdedup.decisions.rules import CheckVerdict, Decision, Lookup, MatchKind, Verdict, check, decide
 from imgdedup.errors import InvalidIdentifier
 from imgdedup.fingerprint.hashing import Fingerprint
 from imgdedup.records import ImageIdConflict, ImageRecord, Registration
 
-POLICY = Policy(duplicate_radius=8, review_radius=12)
 RADIUS = POLICY.review_radius
 decide_real = functools.partial(decide, policy=POLICY)
 NS = "contract"

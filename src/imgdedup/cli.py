@@ -67,7 +67,7 @@ def _cmd_hash(args: argparse.Namespace) -> int:
     return status
 
 
-def _add_scan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .scan import cli as scan_cli
 
     scan = sub.add_parser("scan", help="audit an existing folder, URL list or S3 prefix for duplicates")
@@ -80,7 +80,7 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 PLUGIN_GROUP = "imgdedup.commands"
 
 
-def _add_plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for entry_point in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name):
         entry_point.load()(sub)
 

@@ -37,7 +37,19 @@ class ConfigError(ValueError):
 
 
 def _doc(default: Any, doc: str, **meta: Any) -> Any:
+    """A setting's default, its description (`imgdedup config`) and its checks (`lo`, `hi`,
+    `choices`)."""
     return field(default=default, metadata={"doc": doc, **meta})
+
+
+def _secret(doc: str) -> Any:
+    """A text setting `redacted()` masks."""
+    return _doc("", doc, secret=True)
+
+
+def _file(doc: str) -> Any:
+    """A path setting `file_problems()` checks for on this machine."""
+    return _doc("", doc, file=True)
 
 
 @dataclass(frozen=True)
@@ -51,10 +63,10 @@ class Settings:
     )
     redis_prefix: str = _doc("imgdedup", "Prefix of every Redis key this service writes.")
     redis_username: str = _doc("", "Redis ACL user (overrides the URL's user).")
-    redis_password: str = _doc("", "Redis password (overrides the URL's password).")
-    redis_ssl_ca_file: str = _doc("", "CA bundle to verify Redis TLS (rediss://) servers; empty: system store.")
-    redis_ssl_certfile: str = _doc("", "Client certificate for Redis mutual TLS.")
-    redis_ssl_keyfile: str = _doc("", "Private key of the Redis client certificate.")
+    redis_password: str = _secret("Redis password (overrides the URL's password).")
+    redis_ssl_ca_file: str = _file("CA bundle to verify Redis TLS (rediss://) servers; empty: system store.")
+    redis_ssl_certfile: str = _file("Client certificate for Redis mutual TLS.")
+    redis_ssl_keyfile: str = _file("Private key of the Redis client certificate.")
     mih_substrings: int = _doc(
         4, "MIH substring count m for *new* namespaces (64-bit codes split in m parts); "
         "rule of thumb m ~ 64 / log2(expected images).", lo=1, hi=8
@@ -63,13 +75,11 @@ class Settings:
         False, "Mirror layout for *new* Redis namespaces: no bucket keys; registrations are "
         "appended to a Redis stream per namespace and every replica answers near queries from "
         "its own in-process multi-index table of the namespace, caught up from the stream "
-        "before each query (one small round trip instead of an MGET of ~1,100 keys). Redis "
-        "holds 26 B per code with one code per image (fewer per code for images with crop "
-        "windows) instead of 56-93 B of buckets (m = 4); each replica holds ~75-90 B per "
-        "code, reads the whole stream on its "
-        "first request for a namespace, and the stream is never compacted. Existing namespaces "
-        "keep their layout. Turn on only once every replica runs a version that knows it "
-        "(docs/design.md)."
+        "before each query (one small round trip instead of an MGET of every probed bucket). "
+        "Redis holds less per code than the buckets take; each replica holds the table in "
+        "memory, reads the whole stream on its first request for a namespace, and the stream "
+        "is never compacted. Existing namespaces keep their layout. Turn on only once every "
+        "replica runs a version that knows it (docs/design.md)."
     )
     # --- decisions ---------------------------------------------------------------------
     duplicate_radius: int = _doc(
@@ -96,31 +106,25 @@ class Settings:
         25 * 1024 * 1024, "Largest accepted image, in bytes (HTTP body, event payload, URL "
         "download).", lo=1
     )
-    max_image_pixels: int = _doc(
-        50_000_000, "Largest accepted canvas in pixels (decompression-bomb guard).", lo=1
-    )
+    max_image_pixels: int = _doc(50_000_000, "Largest accepted canvas in pixels (decompression-bomb guard).", lo=1)
     crop_windows: bool = _doc(
         True, "Also index codes of 33 crop windows per kept image, so later crops (up to ~30 % "
-        "of the area removed) match it. Costs ~20x the bucket memory per image and ~0.3 ms "
-        "of hashing per JPEG (docs/performance.md); queries probe only whole-image codes."
+        "of the area removed) match it. Costs index memory for the window codes and hashing "
+        "time per image (docs/performance.md); queries probe only whole-image codes."
     )
     match_rotations: bool = _doc(
         False, "Also match mirrored and rotated (90/180/270 degree) copies: every lookup "
-        "probes the 7 mirror/rotation variants of each whole-image code as well, ~8x the "
+        "probes the 7 mirror/rotation variants of each whole-image code as well: 8 times the "
         "probes per query. The index is unchanged, so it can be switched on at any time."
     )
     # --- hashing -----------------------------------------------------------------------
-    hash_workers: int = _doc(
-        0, "Hashing worker processes; 0 = one per CPU core.", lo=0, hi=256
-    )
+    hash_workers: int = _doc(0, "Hashing worker processes; 0 = one per CPU core.", lo=0, hi=256)
     max_in_flight: int = _doc(
         64, "Images being processed at once (back-pressure bound for Kafka and HTTP).",
         lo=1, hi=100_000
     )
     # --- Kafka -------------------------------------------------------------------------
-    kafka_bootstrap: str = _doc(
-        "", "Kafka bootstrap servers (host:port,...). Empty: no consumer, HTTP only."
-    )
+    kafka_bootstrap: str = _doc("", "Kafka bootstrap servers (host:port,...). Empty: no consumer, HTTP only.")
     kafka_group_id: str = _doc("imgdedup", "Consumer group id.")
     kafka_input_topic: str = _doc("image-uploads", "Topic of ImageUploaded events.")
     kafka_decisions_topic: str = _doc("image-decisions", "Topic DedupDecision events go to.")
@@ -135,36 +139,29 @@ class Settings:
         choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     )
     kafka_sasl_username: str = _doc("", "SASL user name.")
-    kafka_sasl_password: str = _doc("", "SASL password.")
-    kafka_ssl_cafile: str = _doc("", "CA bundle for Kafka TLS (empty: system store).")
-    kafka_ssl_certfile: str = _doc("", "Client certificate for Kafka mutual TLS.")
-    kafka_ssl_keyfile: str = _doc("", "Private key of the Kafka client certificate.")
+    kafka_sasl_password: str = _secret("SASL password.")
+    kafka_ssl_cafile: str = _file("CA bundle for Kafka TLS (empty: system store).")
+    kafka_ssl_certfile: str = _file("Client certificate for Kafka mutual TLS.")
+    kafka_ssl_keyfile: str = _file("Private key of the Kafka client certificate.")
     kafka_fetch_max_wait_ms: int = _doc(
         100, "How long the broker may hold a fetch waiting for data: the floor of a quiet "
-        "topic's latency (aiokafka's default, 500 ms, adds ~0.1-0.5 s per event at low load).",
+        "topic's latency (aiokafka's default of 500 ms would delay events by up to that much "
+        "at low load).",
         lo=1, hi=60_000,
     )
-    kafka_commit_interval_ms: int = _doc(
-        1000, "How often finished offsets are committed.", lo=10, hi=600_000
-    )
+    kafka_commit_interval_ms: int = _doc(1000, "How often finished offsets are committed.", lo=10, hi=600_000)
     kafka_max_retry_backoff_ms: int = _doc(
         30_000, "Ceiling of the back-off when Redis or the broker fails transiently.",
         lo=10, hi=3_600_000
     )
     # --- URL sources -------------------------------------------------------------------
-    url_fetch_timeout_s: float = _doc(
-        10.0, "Total timeout for fetching an event's `url` source.", lo=0.1, hi=600
-    )
-    allow_private_urls: bool = _doc(
-        False, "Allow `url` sources on private, loopback and link-local addresses."
-    )
+    url_fetch_timeout_s: float = _doc(10.0, "Total timeout for fetching an event's `url` source.", lo=0.1, hi=600)
+    allow_private_urls: bool = _doc(False, "Allow `url` sources on private, loopback and link-local addresses.")
     # --- HTTP --------------------------------------------------------------------------
     http_host: str = _doc("127.0.0.1", "HTTP listen address (0.0.0.0 in containers).")
     http_port: int = _doc(8080, "HTTP listen port.", lo=0, hi=65535)
     # --- process -----------------------------------------------------------------------
-    log_level: str = _doc(
-        "INFO", "DEBUG, INFO, WARNING or ERROR.", choices=("DEBUG", "INFO", "WARNING", "ERROR")
-    )
+    log_level: str = _doc("INFO", "DEBUG, INFO, WARNING or ERROR.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = _doc("json", "json or text.", choices=("json", "text"))
     shutdown_timeout_s: float = _doc(
         25.0, "Longest graceful drain on SIGTERM before in-flight work is abandoned "
@@ -260,10 +257,9 @@ class Settings:
                 f"{PREFIX}DUPLICATE_RADIUS={self.duplicate_radius}: the review band would be empty "
                 "in a way that hides a typo; set them equal to disable review"
             )
-        if bool(self.redis_ssl_certfile) != bool(self.redis_ssl_keyfile):
-            problems.append(f"{PREFIX}REDIS_SSL_CERTFILE and {PREFIX}REDIS_SSL_KEYFILE go together")
-        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
-            problems.append(f"{PREFIX}KAFKA_SSL_CERTFILE and {PREFIX}KAFKA_SSL_KEYFILE go together")
+        for certificate, key in (("redis_ssl_certfile", "redis_ssl_keyfile"), ("kafka_ssl_certfile", "kafka_ssl_keyfile")):
+            if bool(getattr(self, certificate)) != bool(getattr(self, key)):
+                problems.append(f"{PREFIX}{certificate.upper()} and {PREFIX}{key.upper()} go together")
         from imgdedup.index.mih import probe_count  # pure maths; imported here to keep config import-light
 
         if self.redis_mirror and not self.redis_url:
@@ -271,8 +267,8 @@ class Settings:
                 f"{PREFIX}REDIS_MIRROR=true needs {PREFIX}REDIS_URL: it is a layout of the Redis "
                 "index (the in-memory index is a local table already)"
             )
-        # Kept with the mirror layout too: namespaces created before it (or by replicas
-        # with it off) keep their buckets and are still probed with one MGET per query.
+        # Checked with the mirror layout too: namespaces created without it keep their
+        # buckets and are still probed with one MGET per query.
         if 1 <= self.mih_substrings <= 8 and 0 <= self.review_radius <= 32:
             probed = probe_count(self.review_radius, self.mih_substrings)
             if probed > MAX_PROBES:
@@ -308,11 +304,10 @@ class Settings:
         """TLS files that do not exist here. Apart from `problems()` because it depends on
         the machine: manifests are validated where these paths do not exist yet."""
         out = []
-        for name in ("redis_ssl_ca_file", "redis_ssl_certfile", "redis_ssl_keyfile",
-                     "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
-            path = getattr(self, name)
-            if path and not os.path.isfile(path):
-                out.append(f"{PREFIX}{name.upper()}={path!r}: no such file")
+        for f in dataclasses.fields(self):
+            path = getattr(self, f.name)
+            if f.metadata.get("file") and path and not os.path.isfile(path):
+                out.append(f"{PREFIX}{f.name.upper()}={path!r}: no such file")
         return out
 
     @classmethod
@@ -328,9 +323,9 @@ class Settings:
     def redacted(self) -> dict[str, Any]:
         """Settings for logging, with secrets masked."""
         out = dataclasses.asdict(self)
-        for key in ("redis_password", "kafka_sasl_password"):
-            if out[key]:
-                out[key] = "***"
+        for f in dataclasses.fields(self):
+            if f.metadata.get("secret") and out[f.name]:
+                out[f.name] = "***"
         out["redis_url"] = redact_url(out["redis_url"])
         return out
 

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
@@ -37,8 +38,8 @@ class TextFormatter(logging.Formatter):
         return base + ("  " + " ".join(f"{k}={v}" for k, v in extras.items()) if extras else "")
 
 
-def configure(level: str, fmt: str, stream: object = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )

@@ -61,7 +61,7 @@ class ImageRecord:
     event_id: str | None = None
     window_codes: tuple[int, ...] = ()
     #: Verification thumbnails of a kept image (`hashing.thumbnails`); empty for
-    #: duplicates (never matched against) and records of older versions.
+    #: duplicates (never matched against) and records stored without them.
     thumbnail: bytes = b""
     #: Thumbnail correlation with `duplicate_of`, when one was measured.
     similarity: float | None = None

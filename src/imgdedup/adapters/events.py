@@ -7,16 +7,18 @@ in the format the input used, so a JSON producer reads JSON decisions.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from imgdedup._gen.imgdedup.v1 import events_pb2
+from imgdedup.adapters.decision_view import decision_view
 from imgdedup.errors import InvalidEvent, InvalidIdentifier
-from imgdedup.fingerprint.hashing import code_hex
 from imgdedup.records import ImageRecord, validate_image_id, validate_namespace
 
 JSON_CONTENT_TYPE = "application/json"
@@ -55,10 +57,7 @@ def decode_upload(value: bytes | None, headers: Headers | None, fallback_event_i
         raise InvalidEvent("the record has no value")
     message = events_pb2.ImageUploaded()
     try:
-        if is_json(headers):
-            json_format.Parse(value.decode("utf-8"), message)
-        else:
-            message.ParseFromString(value)
+        _parse(message, value, headers)
     except (json_format.ParseError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"not an ImageUploaded JSON document: {exc}") from None
     except DecodeError as exc:
@@ -92,10 +91,7 @@ def partial_identity(value: bytes | None, headers: Headers | None) -> tuple[str,
     so the rejection can still be routed to whoever sent it."""
     message = events_pb2.ImageUploaded()
     try:
-        if is_json(headers):
-            json_format.Parse((value or b"").decode("utf-8"), message, ignore_unknown_fields=True)
-        else:
-            message.ParseFromString(value or b"")
+        _parse(message, value or b"", headers, ignore_unknown_fields=True)
     except Exception:
         return "", "", ""
     return message.event_id, message.namespace, message.image_id
@@ -103,44 +99,22 @@ def partial_identity(value: bytes | None, headers: Headers | None) -> tuple[str,
 
 def encode_upload(event: UploadEvent, *, as_json: bool = False) -> bytes:
     """Serialise an upload event (used by the demo, benchmarks and tests)."""
-    message = events_pb2.ImageUploaded(
-        event_id=event.event_id,
-        namespace=event.namespace,
-        image_id=event.image_id,
-        content_type=event.content_type,
-        uploaded_at_ms=event.uploaded_at_ms,
-        attributes=event.attributes,
-    )
+    fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     if event.data is not None:
-        message.data = event.data
-    elif event.url is not None:
-        message.url = event.url
-    if as_json:
-        return json_format.MessageToJson(message, indent=None).encode()
-    return message.SerializeToString()
+        fields["url"] = None  # `data` and `url` are the oneof `source`: the bytes win
+    return _serialise(events_pb2.ImageUploaded(**_set_fields(fields)), as_json=as_json)
 
 
 def decision_from_record(
     record: ImageRecord, *, event_id: str, replayed: bool, attributes: dict[str, str] | None = None
 ) -> events_pb2.DedupDecision:
-    message = events_pb2.DedupDecision(
+    """The decision event of a registration: the decision view, plus what the event adds."""
+    return events_pb2.DedupDecision(
         event_id=event_id,
-        namespace=record.namespace,
-        image_id=record.image_id,
-        verdict=record.verdict.value,
-        duplicate_of=record.duplicate_of or "",
-        match=record.match.value if record.match else "",
-        sha256=record.sha256,
-        phashes=[code_hex(c) for c in record.codes],
-        replayed=replayed,
-        decided_at_ms=int(time.time() * 1000),
+        decided_at_ms=_now_ms(),
         attributes=attributes or {},
+        **_set_fields(decision_view(record, replayed=replayed)),
     )
-    if record.distance is not None:
-        message.distance = record.distance
-    if record.similarity is not None:
-        message.similarity = record.similarity
-    return message
 
 
 def rejection(
@@ -153,21 +127,42 @@ def rejection(
         image_id=image_id,
         verdict="rejected",
         error=events_pb2.Error(code=code, detail=detail),
-        decided_at_ms=int(time.time() * 1000),
+        decided_at_ms=_now_ms(),
         attributes=attributes or {},
     )
 
 
 def encode_decision(message: events_pb2.DedupDecision, *, as_json: bool) -> bytes:
+    return _serialise(message, as_json=as_json)
+
+
+def decode_decision(value: bytes, headers: Headers | None = None) -> events_pb2.DedupDecision:
+    message = events_pb2.DedupDecision()
+    _parse(message, value, headers)
+    return message
+
+
+def _parse(
+    message: Message, value: bytes, headers: Headers | None, *, ignore_unknown_fields: bool = False
+) -> None:
+    """Fill `message` from a record value in the format its `content-type` header names."""
+    if is_json(headers):
+        json_format.Parse(value.decode("utf-8"), message, ignore_unknown_fields=ignore_unknown_fields)
+    else:
+        message.ParseFromString(value)
+
+
+def _serialise(message: Message, *, as_json: bool) -> bytes:
     if as_json:
         return json_format.MessageToJson(message, indent=None).encode()
     return message.SerializeToString()
 
 
-def decode_decision(value: bytes, headers: Headers | None = None) -> events_pb2.DedupDecision:
-    message = events_pb2.DedupDecision()
-    if is_json(headers):
-        json_format.Parse(value.decode("utf-8"), message)
-    else:
-        message.ParseFromString(value)
-    return message
+def _set_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Message fields from values where None means "no value": proto3 has no null, so such
+    a field is left unset (read back as empty, or as absent for `optional` fields)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

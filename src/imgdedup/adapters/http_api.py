@@ -1,10 +1,8 @@
 """Inline HTTP adapter: register, check, look up and forget images over JSON.
 
-Handlers only translate between HTTP and the `Deduplicator` use cases; every rule lives
-there, so this path and the Kafka path decide identically. One middleware turns every
-failure into the same `{"error": CODE, "detail": TEXT}` body the Kafka path puts into
-its `rejected` events, and counts every request by route template (never by raw path,
-which would give one time series per image id).
+Handlers only translate between HTTP and the `Deduplicator` use cases, so this path and
+the Kafka path decide identically. One middleware maps every failure to the
+`{"error": CODE, "detail": TEXT}` body and counts requests by route template.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from aiohttp import hdrs, web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from imgdedup.adapters.decision_view import decision_view
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import CheckResult, Deduplicator
 from imgdedup.errors import ContentionError, ImageTooLarge, InputError
@@ -71,8 +70,8 @@ def create_http_app(
     readiness: Readiness,
 ) -> web.Application:
     """Build the aiohttp application; the caller owns the runner and the dedup's lifecycle."""
-    # +1: older aiohttp refuses a body of exactly client_max_size bytes; we re-check the
-    # exact limit after reading, so the boundary is the same on every version.
+    # +1: some aiohttp versions refuse a body of exactly client_max_size bytes; the exact
+    # limit is checked again after reading, so the boundary is the same on every version.
     app = web.Application(client_max_size=settings.max_image_bytes + 1, middlewares=[_middleware])
     app[STATE] = _State(dedup, metrics, settings, readiness, _load_openapi())
     image = "/v1/namespaces/{ns}/images/{image_id}"
@@ -113,7 +112,7 @@ async def _register(request: web.Request) -> web.Response:
         state.metrics.decisions.labels(SOURCE, registration.record.verdict.value).inc()
     location = request.app.router["image"].url_for(ns=ns, image_id=image_id)
     return web.json_response(
-        _decision_json(registration),
+        _registration_json(registration),
         status=200 if registration.replayed else 201,
         headers={hdrs.LOCATION: str(location)},
     )
@@ -236,25 +235,10 @@ def _iso(timestamp: float) -> str:
     )
 
 
-def _decision_fields(record: ImageRecord) -> dict[str, Any]:
-    return {
-        "image_id": record.image_id,
-        "namespace": record.namespace,
-        "verdict": record.verdict.value,
-        "duplicate_of": record.duplicate_of,
-        "distance": record.distance,
-        "match": record.match.value if record.match else None,
-        "similarity": record.similarity,
-    }
-
-
-def _decision_json(registration: Registration) -> dict[str, Any]:
+def _registration_json(registration: Registration) -> dict[str, Any]:
     record = registration.record
     return {
-        **_decision_fields(record),
-        "replayed": registration.replayed,
-        "sha256": record.sha256,
-        "phashes": [code_hex(c) for c in record.codes],
+        **decision_view(record, replayed=registration.replayed),
         "width": record.width,
         "height": record.height,
         "format": record.format,
@@ -264,9 +248,7 @@ def _decision_json(registration: Registration) -> dict[str, Any]:
 
 def _record_json(record: ImageRecord) -> dict[str, Any]:
     return {
-        **_decision_fields(record),
-        "sha256": record.sha256,
-        "phashes": [code_hex(c) for c in record.codes],
+        **decision_view(record),
         "width": record.width,
         "height": record.height,
         "format": record.format,
@@ -354,7 +336,8 @@ def _from_input_error(request: web.Request, exc: InputError, log: dict[str, Any]
 async def _middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Map every failure to JSON and count every request by route template and status."""
+    """Map every failure to JSON and count every request by route template and status
+    (never by raw path, which would give one time series per image id)."""
     log = {
         "namespace": request.match_info.get("ns"),
         "image_id": request.match_info.get("image_id"),

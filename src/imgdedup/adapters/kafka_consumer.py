@@ -1,22 +1,9 @@
 """Kafka pipeline: ImageUploaded in, DedupDecision out, at-least-once.
 
-Delivery contract:
-- A record's offset becomes committable only after its decision (and, for rejections,
-  its dead-letter copy) has been acknowledged by the broker. Offsets are tracked per
-  partition and the committed offset is the lowest one still in flight, so records
-  finishing out of order never let the commit run past unfinished work. A crash at any
-  point therefore re-delivers, never loses; re-delivery is harmless because the index
-  replays the stored decision for a known (namespace, image_id).
-- Records are processed concurrently (bounded by `max_in_flight`: back-pressure stops
-  fetching while the bound is reached); hashing runs in the worker pool.
-- Bad input (malformed event, undecodable image, refused URL...) becomes a `rejected`
-  decision plus the raw record on the dead-letter topic; the consumer never stops on it.
-- Infrastructure failures (Redis down, index contention, broker hiccups) are retried
-  with capped exponential back-off and are never turned into rejections.
-- SIGTERM: stop fetching, finish in-flight work (up to the drain timeout), produce,
-  commit, leave the group.
+`UploadConsumer` holds the delivery contract: offsets are committed only after a record's
+decision is acknowledged, bad input is rejected to the dead-letter topic, and
+infrastructure failures are retried.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -125,6 +112,25 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class UploadConsumer:
+    """Consumes ImageUploaded events and produces their decisions.
+
+    Delivery contract:
+    - A record's offset becomes committable only after its decision (and, for rejections,
+      its dead-letter copy) has been acknowledged by the broker. Offsets are tracked per
+      partition and the committed offset is the lowest one still in flight, so records
+      finishing out of order never let the commit run past unfinished work. A crash at
+      any point therefore re-delivers, never loses; re-delivery is harmless because the
+      index replays the stored decision for a known (namespace, image_id).
+    - Records are processed concurrently (bounded by `max_in_flight`: back-pressure stops
+      fetching while the bound is reached); hashing runs in the worker pool.
+    - Bad input (malformed event, undecodable image, refused URL...) becomes a `rejected`
+      decision plus the raw record on the dead-letter topic; the consumer never stops on it.
+    - Infrastructure failures (Redis down, index contention, broker hiccups) are retried
+      with capped exponential back-off and are never turned into rejections.
+    - SIGTERM: stop fetching, finish in-flight work (up to the drain timeout), produce,
+      commit, leave the group.
+    """
+
     def __init__(self, settings: Settings, dedup: Deduplicator, fetcher: UrlFetcher, metrics: Metrics) -> None:
         self._settings = settings
         self._dedup = dedup

@@ -1,15 +1,9 @@
 """The verdict rules, as pure functions of what the index found.
 
-A near candidate is a duplicate when its code is close *and* a second look agrees: the
-tiny-thumbnail correlation of `verify.second_look`, with its colour and shape checks.
-Within the duplicate radius the look only has to rule out a look-alike (similarity >=
-`min_similarity`); between the duplicate and the review radius it has to confirm a copy
-(>= `confirm_similarity`). Anything else within the review radius is `review`. A candidate stored without thumbnails (written by
-an older version) is judged by distance alone, as before.
-
-Kept images (verdict `accepted` or `review`) are the ones an upload pipeline stores, so
-they are the ones indexed and matched against. A `duplicate` is recorded (for replay
-and for "duplicates of X") but never becomes a match target itself: it was not stored.
+A near candidate is a duplicate when its code is close *and* a second look at the
+thumbnails agrees (`Policy.confirmed`). Only kept images (`accepted`, `review`), the
+ones an upload pipeline stores, are match targets; a `duplicate` is recorded for replay
+and listings only.
 """
 
 from __future__ import annotations
@@ -79,7 +73,14 @@ class Policy:
             raise ValueError("similarities are correlations: need -1 <= value <= 1")
 
     def confirmed(self, candidate: Candidate, query_thumbnail: bytes) -> tuple[bool, float | None]:
-        """(is it a duplicate, the similarity measured) for a near candidate."""
+        """(is it a duplicate, the similarity measured) for a near candidate.
+
+        The second look is `fingerprint.second_look`: thumbnail correlation with colour and
+        shape checks. Within the duplicate radius it only has to rule out a look-alike
+        (>= `min_similarity`); between the duplicate and the review radius it has to
+        confirm a copy (>= `confirm_similarity`). A candidate stored without thumbnails is
+        judged by distance alone.
+        """
         if candidate.distance > self.review_radius:
             return False, None
         look = second_look(query_thumbnail, candidate.thumbnail, symmetries=self.match_rotations)
