@@ -16,7 +16,7 @@ import imgdedup_devtools.samples
 import numpy as np
 from PIL import Image
 
-from imgdedup.fingerprint.hashing import Fingerprint
+from imgdedup.fingerprint import Fingerprint
 
 SAMPLES_DIR = Path(imgdedup_devtools.samples.__file__).parent
 SAMPLE_NAMES = tuple(sorted(p.stem for p in SAMPLES_DIR.glob("*.jpg")))

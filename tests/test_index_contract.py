@@ -22,7 +22,7 @@ from imgdedup.decisions.rules import (
     decide,
 )
 from imgdedup.errors import InvalidIdentifier
-from imgdedup.fingerprint.hashing import Fingerprint
+from imgdedup.fingerprint import Fingerprint
 from imgdedup.records import ImageIdConflict, ImageRecord, Registration
 
 POLICY = Policy(duplicate_radius=8, review_radius=12)

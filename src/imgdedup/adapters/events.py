@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from imgdedup._gen.imgdedup.v1 import events_pb2
 from imgdedup.errors import InvalidEvent, InvalidIdentifier
-from imgdedup.fingerprint.hashing import code_hex
+from imgdedup.fingerprint import code_hex
 from imgdedup.records import ImageRecord, validate_image_id, validate_namespace
 
 JSON_CONTENT_TYPE = "application/json"
