@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from imgdedup.decisions.rules import Policy
-from imgdedup.fingerprint.hashing import Fingerprint
+from imgdedup.fingerprint import Fingerprint
 
 SAMPLES_DIR = Path(imgdedup_devtools.samples.__file__).parent
 SAMPLE_NAMES = tuple(sorted(p.stem for p in SAMPLES_DIR.glob("*.jpg")))

@@ -1,4 +1,4 @@
-"""Unit tests for `service.hashing`: decoding normalisation, limits and the pHash itself."""
+"""Unit tests for `imgdedup.fingerprint`: decoding normalisation, limits and the pHash itself."""
 
 from __future__ import annotations
 
@@ -35,19 +35,10 @@ from imgdedup.errors import (
     UndecodableImage,
     UnsupportedImageType,
 )
-from imgdedup.fingerprint.hashing import (
-    HASH_SIZE,
-    ImageLimits,
-    bits_to_int,
-    chroma_thumbnails,
-    code_hex,
-    decode_for_hashing,
-    fingerprint,
-    flatten_for_hashing,
-    normalise_mode,
-    phash_code,
-    to_luminance,
-)
+from imgdedup.fingerprint import ImageLimits, code_hex, fingerprint
+from imgdedup.fingerprint.decode import decode_for_hashing, flatten_for_hashing, normalise_mode, to_luminance
+from imgdedup.fingerprint.phash import HASH_SIZE, bits_to_int, phash_code
+from imgdedup.fingerprint.thumbnails import chroma_thumbnails
 
 LIMITS = ImageLimits(max_bytes=25 * 1024 * 1024, max_pixels=50_000_000)
 
@@ -742,8 +733,8 @@ def test_plain_band_pictures_get_only_a_banded_code():
     # Plain bands: nearly every DCT coefficient is exactly zero, so a pHash's bits are
     # median ties (few bits set, and a re-encode breaks them at random). Such a picture
     # gets no pHash, only the banded code, which its copies share.
-    from imgdedup.fingerprint.hashing import _low_block as low_block
-    from imgdedup.fingerprint.hashing import banded_code, hash_input
+    from imgdedup.fingerprint.banded import banded_code
+    from imgdedup.fingerprint.phash import hash_input, low_block
 
     vertical, horizontal = _bands(GUINEA), _bands([(0, 40, 160), (255, 255, 255), (0, 40, 160)], vertical=False, size=(300, 210))
     for picture in (vertical, horizontal):
@@ -757,7 +748,7 @@ def test_plain_band_pictures_get_only_a_banded_code():
 
 
 def test_banded_code_ignores_what_the_dead_zone_holds():
-    from imgdedup.fingerprint.hashing import BANDED_DEAD_ZONE, banded_code
+    from imgdedup.fingerprint.banded import BANDED_DEAD_ZONE, banded_code
 
     block = np.zeros((HASH_SIZE, HASH_SIZE))
     block[0, 0], block[0, 1], block[0, 2] = 4000.0, -1000.0, 600.0
@@ -833,7 +824,8 @@ def _saltire_flag(size: tuple[int, int] = (600, 400)) -> Image.Image:
 
 
 def test_symmetric_picture_gets_a_folded_code_that_survives_reencoding():
-    from imgdedup.fingerprint.hashing import folded_code, hash_input
+    from imgdedup.fingerprint.folded import folded_code
+    from imgdedup.fingerprint.phash import hash_input
 
     flag = _saltire_flag()
     original = fp(png(flag))
@@ -847,7 +839,8 @@ def test_symmetric_picture_gets_a_folded_code_that_survives_reencoding():
 
 
 def test_asymmetric_photos_get_no_folded_code():
-    from imgdedup.fingerprint.hashing import folded_code, hash_input
+    from imgdedup.fingerprint.folded import folded_code
+    from imgdedup.fingerprint.phash import hash_input
 
     for name in SAMPLE_NAMES:
         assert folded_code(hash_input(sample_image(name, "L"))) is None, name

@@ -33,7 +33,7 @@ from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.decisions.rules import Policy
 from imgdedup.errors import ContentionError
-from imgdedup.fingerprint.hashing import ImageLimits, hamming
+from imgdedup.fingerprint import ImageLimits, hamming
 from imgdedup.hasher import Hasher, HashingCrashed
 from imgdedup.index.interface import DedupIndex
 from imgdedup.index.memory import MemoryIndex

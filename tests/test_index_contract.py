@@ -13,7 +13,7 @@ from helpers import POLICY, flip_bits, hamming, make_fingerprint, random_code
 
 from imgdedup.decisions.rules import CheckVerdict, Decision, Lookup, MatchKind, Verdict, check, decide
 from imgdedup.errors import InvalidIdentifier
-from imgdedup.fingerprint.hashing import Fingerprint
+from imgdedup.fingerprint import Fingerprint
 from imgdedup.records import ImageIdConflict, ImageRecord, Registration
 
 RADIUS = POLICY.review_radius

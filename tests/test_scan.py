@@ -32,7 +32,7 @@ from scan_helpers import (
 from imgdedup import cli as service_cli
 from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.decisions.rules import Policy
-from imgdedup.fingerprint.hashing import ImageLimits
+from imgdedup.fingerprint import ImageLimits
 from imgdedup.hasher import Hasher
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.index.redis.index import RedisMihIndex
@@ -428,7 +428,7 @@ async def test_register_loads_the_estate_into_redis(estate, tmp_path: Path, redi
 
 
 def _fingerprint(data: bytes):
-    from imgdedup.fingerprint.hashing import fingerprint
+    from imgdedup.fingerprint import fingerprint
 
     return fingerprint(data, ImageLimits(1 << 25, 50_000_000))
 

@@ -1,4 +1,4 @@
-"""The second look (`service.verify`) and how the decision rules use it."""
+"""The second look (`imgdedup.fingerprint.second_look`) and how the decision rules use it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from helpers import SAMPLE_NAMES, sample_image
 from PIL import Image, ImageEnhance
 
 from imgdedup.decisions.rules import Candidate, Lookup, MatchKind, Policy, Verdict, decide
-from imgdedup.fingerprint.hashing import THUMBNAIL_BYTES, ImageLimits, fingerprint
+from imgdedup.fingerprint import ImageLimits, fingerprint
 from imgdedup.fingerprint.second_look import second_look, similarity
+from imgdedup.fingerprint.thumbnails import THUMBNAIL_BYTES
 
 LIMITS = ImageLimits(max_bytes=25 * 1024 * 1024, max_pixels=50_000_000)
 
@@ -170,7 +171,7 @@ def _flag(bottom: tuple[int, int, int]) -> Image.Image:
 
 
 def test_thumbnails_carry_both_views_colour(photos):
-    from imgdedup.fingerprint.hashing import CHROMA_BYTES, CHROMA_SIDE, GREY_THUMBNAIL_BYTES
+    from imgdedup.fingerprint.thumbnails import CHROMA_BYTES, CHROMA_SIDE, GREY_THUMBNAIL_BYTES
 
     colour = slice(GREY_THUMBNAIL_BYTES, GREY_THUMBNAIL_BYTES + CHROMA_BYTES)
     blob = thumbs(photos["coffee"])
@@ -222,7 +223,7 @@ def _with_logo(image: Image.Image) -> Image.Image:
 
 
 def test_records_without_colour_planes_are_compared_in_grey_only(photos):
-    from imgdedup.fingerprint.hashing import GREY_THUMBNAIL_BYTES
+    from imgdedup.fingerprint.thumbnails import GREY_THUMBNAIL_BYTES
 
     red, black = thumbs(_card((220, 20, 30))), thumbs(_card((10, 10, 10)))
     old = black[:GREY_THUMBNAIL_BYTES]  # a record written before the colour planes

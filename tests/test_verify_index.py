@@ -10,7 +10,7 @@ from helpers import sample_image
 from PIL import Image
 
 from imgdedup.decisions.rules import Decision, Policy, Verdict, decide
-from imgdedup.fingerprint.hashing import ImageLimits, fingerprint
+from imgdedup.fingerprint import ImageLimits, fingerprint
 from imgdedup.records import ImageRecord
 
 NS = "verify"

@@ -51,7 +51,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _cmd_hash(args: argparse.Namespace) -> int:
     from imgdedup.errors import InputError
-    from imgdedup.fingerprint.hashing import code_hex, fingerprint
+    from imgdedup.fingerprint import code_hex, fingerprint
 
     settings = Settings.from_env()
     limits = settings.image_limits

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from imgdedup.decisions.rules import Policy
-    from imgdedup.fingerprint.hashing import ImageLimits
+    from imgdedup.fingerprint import ImageLimits
 
 PREFIX = "IMGDEDUP_"
 
@@ -176,7 +176,7 @@ class Settings:
     @property
     def image_limits(self) -> ImageLimits:
         """The input limits and hashing options every hashing path uses (service, scan, CLI)."""
-        from imgdedup.fingerprint.hashing import ImageLimits
+        from imgdedup.fingerprint import ImageLimits
 
         return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.crop_windows, self.match_rotations)
 

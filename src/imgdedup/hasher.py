@@ -20,7 +20,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from imgdedup.errors import InputError
-from imgdedup.fingerprint.hashing import Fingerprint, ImageLimits, fingerprint
+from imgdedup.fingerprint import Fingerprint, ImageLimits, fingerprint
 
 
 class HashingCrashed(InputError):
@@ -39,7 +39,7 @@ def _worker_init(parent_pid: int) -> None:
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401
 
-    import imgdedup.fingerprint.hashing  # noqa: F401
+    import imgdedup.fingerprint  # noqa: F401
 
 
 def _exit_with_parent(parent_pid: int) -> None:

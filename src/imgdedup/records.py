@@ -12,7 +12,7 @@ from typing import Any
 
 from imgdedup.decisions.rules import Decision, MatchKind, Verdict
 from imgdedup.errors import InputError, InvalidIdentifier
-from imgdedup.fingerprint.hashing import Fingerprint, code_hex
+from imgdedup.fingerprint import Fingerprint, code_hex
 
 NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_IMAGE_ID_LENGTH = 512

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NotRequired, TypedDict
 
-from imgdedup.fingerprint.hashing import code_hex
+from imgdedup.fingerprint import code_hex
 from imgdedup.records import ImageRecord
 
 

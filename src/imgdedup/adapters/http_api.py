@@ -25,7 +25,7 @@ from imgdedup.adapters.decision_view import decision_view
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import CheckResult, Deduplicator
 from imgdedup.errors import ContentionError, ImageTooLarge, InputError
-from imgdedup.fingerprint.hashing import code_hex
+from imgdedup.fingerprint import code_hex
 from imgdedup.metrics import Metrics
 from imgdedup.records import ImageRecord, Registration
 

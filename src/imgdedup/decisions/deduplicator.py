@@ -14,7 +14,7 @@ from functools import partial
 
 from imgdedup.decisions.rules import Candidate, CheckVerdict, Decision, Policy, decide
 from imgdedup.decisions.rules import check as check_rules
-from imgdedup.fingerprint.hashing import Fingerprint
+from imgdedup.fingerprint import Fingerprint
 from imgdedup.hasher import Hasher
 from imgdedup.index.interface import DedupIndex
 from imgdedup.metrics import Metrics

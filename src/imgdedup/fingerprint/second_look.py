@@ -1,28 +1,9 @@
-"""Second look at a candidate before it is called a duplicate: tiny-thumbnail correlation.
+"""Second look at a candidate before it is called a duplicate: thumbnail correlation.
 
-A 64-bit pHash throws away almost everything, so a candidate 9-12 bits away is as often
-a look-alike as a copy, and a crop matched through one of the original's crop-window
-codes has never been compared with the original at all. Each kept image therefore
-stores two 16x16 grey thumbnails: the picture as stored and with its uniform borders
-trimmed, i.e. the 32x32 hash inputs halved (with their colour and aspect ratios, below).
-A query's thumbnails are compared with a candidate's at 8x8 by Pearson correlation (brightness, contrast and most colour
-work leave it near 1), against the candidate's whole picture and against each of its
-crop windows cut from the trimmed thumbnail, so a crop is compared with the part of the
-original it came from. The best correlation is the similarity.
-
-Chosen by `imgdedup bench accuracy` (docs/accuracy.md): 8x8 tolerates the imprecise
-alignment of a crop with the nearest window; 16x16 comparisons rejected more
-look-alikes but lost as many crops.
-
-Grey thumbnails cannot tell a four of hearts from a four of spades, nor two flags of one
-layout in other colours. So the thumbnails also carry both views' colour (Cb and Cr at
-8x8), and the pair of views that matched best in grey is compared in colour too, at 4x4
-(`colour_agrees`): a colourful query against a colourful candidate must have its colours
-laid out alike; a colourful query against a grey candidate is no copy (colour is not
-added by the edits a copy goes through; a tint is uniform, so it adds no layout); a grey
-query (a greyscale copy) is never ruled out by colour.
-
-Pure functions, no I/O: the decision rules call `second_look` on what the index returns.
+A 64-bit pHash throws away almost everything, so a candidate a few bits away may be a
+look-alike rather than a copy, and a crop matched through a crop-window code was never
+compared with the original at all. `second_look` compares the query's verification
+thumbnails with the candidate's, in grey and then in colour. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -32,18 +13,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from imgdedup.fingerprint.hashing import (
-    ASPECT_STEPS_PER_OCTAVE,
-    CHROMA_BYTES,
-    CHROMA_SIDE,
-    CROP_WINDOWS,
-    GREY_THUMBNAIL_BYTES,
-    THUMB_SIDE,
-    THUMBNAIL_BYTES,
-    _area_matrix,
-)
+from imgdedup.fingerprint.thumbnails import CHROMA_SIDE, THUMB_SIDE, Thumbnails, unpack_thumbnails
+from imgdedup.fingerprint.windows import CROP_WINDOWS, window_operators
 
-#: Side at which thumbnails are compared.
+#: Side at which thumbnails are compared: coarse enough to tolerate the imprecise
+#: alignment of a crop with the nearest crop window (a finer side rejects more
+#: look-alikes but loses crops; chosen by `imgdedup bench accuracy`, docs/accuracy.md).
 COMPARE_SIDE = 8
 #: A view with less spread than this (grey levels) has no shape to correlate.
 MIN_VIEW_STD = 1.0
@@ -66,25 +41,6 @@ MAX_ASPECT_CHANGE = 1.25
 MAX_LOG_ASPECT_CHANGE = float(np.log2(MAX_ASPECT_CHANGE))
 
 
-class Thumbnails(NamedTuple):
-    grey: np.ndarray  # (2, 16, 16): as stored, trimmed
-    chroma: np.ndarray | None  # (2, 2, 8, 8): view, Cb/Cr; None for a record without colour
-    log_aspect: np.ndarray | None  # (2,): log2(width / height) of the two views
-
-
-def _unpack(blob: bytes) -> Thumbnails | None:
-    if len(blob) not in (GREY_THUMBNAIL_BYTES, THUMBNAIL_BYTES):
-        return None
-    raw = np.frombuffer(blob, dtype=np.uint8)
-    grey = raw[:GREY_THUMBNAIL_BYTES].reshape(2, THUMB_SIDE, THUMB_SIDE).astype(np.float64)
-    if len(blob) == GREY_THUMBNAIL_BYTES:
-        return Thumbnails(grey, None, None)
-    chroma_end = GREY_THUMBNAIL_BYTES + CHROMA_BYTES
-    chroma = raw[GREY_THUMBNAIL_BYTES:chroma_end].reshape(2, 2, CHROMA_SIDE, CHROMA_SIDE).astype(np.float64) - 128.0
-    log_aspect = (raw[chroma_end:].astype(np.float64) - 128.0) / ASPECT_STEPS_PER_OCTAVE
-    return Thumbnails(grey, chroma, log_aspect)
-
-
 @lru_cache(maxsize=1)
 def _window_log_aspects() -> np.ndarray:
     """log2 of how much each crop window changes the trimmed view's aspect ratio."""
@@ -93,7 +49,7 @@ def _window_log_aspects() -> np.ndarray:
 
 def _aspects_agree(q: Thumbnails, s: Thumbnails, symmetries: bool) -> np.ndarray | None:
     """(stored views, query views) booleans: do the two views' shapes agree? None
-    when a side carries no aspect ratios (a record written before them)."""
+    when a side carries no aspect ratios (a grey-only blob)."""
     if q.log_aspect is None or s.log_aspect is None:
         return None
     stored = np.concatenate([s.log_aspect, s.log_aspect[1] + _window_log_aspects()])
@@ -107,19 +63,6 @@ def _halve(pixels: np.ndarray) -> np.ndarray:
     """Area-average the last two axes to half their side."""
     *lead, h, w = pixels.shape
     return pixels.reshape(*lead, h // 2, 2, w // 2, 2).mean(axis=(-3, -1))
-
-
-@lru_cache(maxsize=2)
-def _window_operators(side: int = THUMB_SIDE, out: int = COMPARE_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """Per crop window, (rows, cols) matrices R, C (out x side) with R @ T @ C.T = the
-    window of a side x side thumbnail T, area-averaged to out x out."""
-    rows, cols = [], []
-    for keep_w, keep_h, anchor_x, anchor_y in CROP_WINDOWS:
-        y0 = (1 - keep_h) * anchor_y * side
-        x0 = (1 - keep_w) * anchor_x * side
-        rows.append(_area_matrix(y0, y0 + keep_h * side, size=side, out=out))
-        cols.append(_area_matrix(x0, x0 + keep_w * side, size=side, out=out))
-    return np.stack(rows), np.stack(cols)
 
 
 def _normalised(views: np.ndarray) -> np.ndarray:
@@ -159,11 +102,19 @@ class Look(NamedTuple):
 def second_look(query: bytes, stored: bytes, *, symmetries: bool = False) -> Look:
     """Compare a query's thumbnails with a stored image's: grey similarity first, then
     the colour of the pair of views that matched best. With `symmetries`, the query is
-    also compared mirrored and rotated."""
-    q, s = _unpack(query), _unpack(stored)
+    also compared mirrored and rotated.
+
+    Grey: the query's two views (as stored, trimmed) are correlated at COMPARE_SIDE
+    (Pearson: brightness, contrast and most colour work leave it near 1) with the
+    stored picture's two views and with each crop window cut from its trimmed view, so
+    a crop meets the part of the original it came from; the best correlation is the
+    similarity. Colour: grey cannot tell a four of hearts from a four of spades, nor
+    two flags of one layout in other colours, so the best pair is also compared in
+    colour (`colour_agrees`)."""
+    q, s = unpack_thumbnails(query), unpack_thumbnails(stored)
     if q is None or s is None:
         return Look(None, None)
-    rows, cols = _window_operators()
+    rows, cols = window_operators(THUMB_SIDE, COMPARE_SIDE)
     windows = np.matmul(np.matmul(rows, s.grey[1]), cols.transpose(0, 2, 1))
     stored_views = _normalised(np.concatenate([_halve(s.grey), windows]))
     query_grey = _halve(q.grey)
@@ -187,8 +138,8 @@ def second_look(query: bytes, stored: bytes, *, symmetries: bool = False) -> Loo
 
 def similarity(query: bytes, stored: bytes, *, symmetries: bool = False) -> float | None:
     """Best correlation of the query's views with the stored image's whole picture and
-    crop windows, in [-1, 1]; None when either side has no thumbnails (a record written
-    before thumbnails existed), so the caller falls back to distance alone."""
+    crop windows, in [-1, 1]; None when either side has no thumbnails (or nothing with
+    any shape to compare), so the caller falls back to distance alone."""
     return second_look(query, stored, symmetries=symmetries).similarity
 
 
@@ -197,7 +148,7 @@ def _stored_colour_view(chroma: np.ndarray, view: int) -> np.ndarray:
     windows (cut from the trimmed view), in the order `second_look` builds them."""
     if view < 2:
         return _halve(chroma[view])
-    rows, cols = _window_operators(CHROMA_SIDE, COLOUR_SIDE)
+    rows, cols = window_operators(CHROMA_SIDE, COLOUR_SIDE)
     k = view - 2
     return np.matmul(np.matmul(rows[k], chroma[1]), cols[k].T)
 

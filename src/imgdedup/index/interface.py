@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from imgdedup.decisions.rules import Candidate, Decision, Lookup, MatchKind, sort_candidates
-from imgdedup.fingerprint.hashing import Fingerprint
+from imgdedup.fingerprint import Fingerprint
 from imgdedup.records import ImageRecord, Registration
 
 DecideFn = Callable[[Lookup], Decision]

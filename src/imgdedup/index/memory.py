@@ -15,7 +15,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from imgdedup.decisions.rules import Lookup
-from imgdedup.fingerprint.hashing import Fingerprint
+from imgdedup.fingerprint import Fingerprint
 from imgdedup.index.interface import DecideFn, candidates_from
 from imgdedup.index.mih_table import MihTable
 from imgdedup.records import ImageIdConflict, ImageRecord, Registration, validate_image_id, validate_namespace

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from imgdedup.fingerprint.hashing import HASH_ALGORITHM, Fingerprint, ImageLimits
+from imgdedup.fingerprint import HASH_ALGORITHM, Fingerprint, ImageLimits
 
 FORMAT = 1
 

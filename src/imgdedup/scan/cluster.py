@@ -22,7 +22,7 @@ from typing import Any
 from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.decisions.rules import Verdict
 from imgdedup.errors import ContentionError, InputError
-from imgdedup.fingerprint.hashing import Fingerprint
+from imgdedup.fingerprint import Fingerprint
 from imgdedup.records import ImageRecord
 
 #: Keeper criteria, combinable in order of priority: "resolution,oldest" keeps the

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from imgdedup.config import ConfigError, Settings
 from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.errors import FetchFailed, InputError
-from imgdedup.fingerprint.hashing import HASH_ALGORITHM
+from imgdedup.fingerprint import HASH_ALGORITHM
 from imgdedup.hasher import Hasher
 from imgdedup.index.interface import DedupIndex
 from imgdedup.index.memory import MemoryIndex

@@ -20,7 +20,7 @@ from multiprocessing.connection import wait
 from PIL import Image, ImageOps
 
 from imgdedup.errors import InputError
-from imgdedup.fingerprint.hashing import Fingerprint, ImageLimits, fingerprint
+from imgdedup.fingerprint import Fingerprint, ImageLimits, fingerprint
 from imgdedup.scan.checkpoint import encode_fingerprint
 from imgdedup.scan.sources import ReadError, SourceSpec, read_item
 

@@ -33,7 +33,7 @@ from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import CheckResult, Deduplicator
 from imgdedup.decisions.rules import CheckVerdict
 from imgdedup.errors import InputError
-from imgdedup.fingerprint.hashing import normalise_mode
+from imgdedup.fingerprint.decode import normalise_mode
 from imgdedup.hasher import Hasher
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.metrics import Metrics

@@ -34,7 +34,7 @@ from uuid import uuid4
 import numpy as np
 
 from imgdedup.decisions.rules import Verdict
-from imgdedup.fingerprint.hashing import HASH_ALGORITHM
+from imgdedup.fingerprint import HASH_ALGORITHM
 from imgdedup.index.mih import RECORD_DTYPE, substring_widths
 from imgdedup.records import ImageRecord
 

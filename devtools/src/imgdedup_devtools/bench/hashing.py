@@ -16,7 +16,9 @@ from typing import Any
 import imagehash
 from PIL import Image
 
-from imgdedup.fingerprint.hashing import ImageLimits, decode_for_hashing, fingerprint, perceptual_codes
+from imgdedup.fingerprint import ImageLimits, fingerprint
+from imgdedup.fingerprint.codes import perceptual_codes
+from imgdedup.fingerprint.decode import decode_for_hashing
 from imgdedup_devtools.bench.images import encoded, photo_1280x960
 
 # Generous size limits (benchmark inputs are trusted); matching as in the service's default

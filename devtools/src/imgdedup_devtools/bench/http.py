@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from imgdedup.config import Settings
-from imgdedup.fingerprint.hashing import HASH_ALGORITHM
+from imgdedup.fingerprint import HASH_ALGORITHM
 from imgdedup_devtools.bench.common import (
     DEFAULT_REDIS_URL,
     bench_prefix,

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from imgdedup.config import MAX_PROBES, Settings
-from imgdedup.fingerprint.hashing import HASH_ALGORITHM, Fingerprint
+from imgdedup.fingerprint import HASH_ALGORITHM, Fingerprint
 from imgdedup.index.mih import nearest_per_seq, probe_count, substring_widths, suggest_substrings, unpack_records
 from imgdedup.index.mih_table import MihTable
 from imgdedup_devtools.bench import bulkload
@@ -123,7 +123,7 @@ class CorpusCode:
 
 def _hash_file(path: str) -> tuple[str, int] | None:
     from imgdedup.errors import InputError
-    from imgdedup.fingerprint.hashing import ImageLimits, fingerprint
+    from imgdedup.fingerprint import ImageLimits, fingerprint
 
     try:
         fp = fingerprint(Path(path).read_bytes(), ImageLimits(200_000_000, 500_000_000))

@@ -37,7 +37,7 @@ from typing import Any
 
 from imgdedup.adapters.events import UploadEvent, decode_decision, encode_upload
 from imgdedup.config import Settings
-from imgdedup.fingerprint.hashing import HASH_ALGORITHM, code_hex
+from imgdedup.fingerprint import HASH_ALGORITHM, code_hex
 from imgdedup_devtools.bench.common import (
     DEFAULT_REDIS_URL,
     bench_prefix,

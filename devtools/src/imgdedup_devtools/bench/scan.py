@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from imgdedup.config import Settings
-from imgdedup.fingerprint.hashing import fingerprint
+from imgdedup.fingerprint import fingerprint
 from imgdedup.scan.scanner import ScanOptions, scan
 from imgdedup.scan.sources import list_folder
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from imgdedup.fingerprint.hashing import HASH_ALGORITHM, ImageLimits, _dct_matrix, fingerprint
+from imgdedup.fingerprint import HASH_ALGORITHM, ImageLimits, fingerprint
+from imgdedup.fingerprint.phash import dct_matrix
 from imgdedup_devtools.bench.images import SAMPLES, sample
 
 GENERATOR_VERSION = 1
@@ -70,7 +71,7 @@ def distinct_photo(seed: int) -> Image.Image:
     coefficients = np.zeros((32, 32))
     coefficients[:8, :8] = rng.normal(0, 1, (8, 8))
     coefficients[0, 0] = 0
-    dct = _dct_matrix(32)
+    dct = dct_matrix(32)
     field = dct.T @ coefficients @ dct
     field = field / max(1e-9, float(np.abs(field).max()))
     small = Image.fromarray(((field + 1) * 127.5).astype(np.uint8), "L")

@@ -57,7 +57,7 @@ from redis.exceptions import WatchError
 
 from imgdedup.decisions.rules import Candidate, Lookup, MatchKind, sort_candidates
 from imgdedup.errors import ContentionError, IndexMismatch
-from imgdedup.fingerprint.hashing import HASH_ALGORITHM, Fingerprint
+from imgdedup.fingerprint import HASH_ALGORITHM, Fingerprint
 from imgdedup.index.interface import DecideFn
 from imgdedup.index.mih import nearest_per_seq, probes, split_code, unpack_records
 from imgdedup.index.redis.mirror import RedisMirror
