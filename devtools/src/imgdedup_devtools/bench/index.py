@@ -63,6 +63,7 @@ from imgdedup_devtools.bench.common import (
     pct,
     print_json_line,
     redis_used_memory,
+    run_clients,
 )
 
 DEFAULT_REVIEW_RADIUS = Settings().review_radius
@@ -803,9 +804,7 @@ async def measure_concurrent(index: Any, namespace: str, queries: list[int], r: 
             await index.query(namespace, q, radius=r)
             times.append(time.perf_counter() - t0)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    wall = time.perf_counter() - started
+    wall = await run_clients(worker, workers)
     return {"clients": workers, "radius": r, "queries_per_s": round(len(times) / wall, 1), "latency": latency_summary(times)}
 
 
