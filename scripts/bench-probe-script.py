@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Why probe keys are expanded by the client and read with MGET, not by a Lua script.
 
-Expanding the ~1,100 radius-12 probe keys inside Redis would spare the client building
-and parsing 1,100 keys, but every key then costs a string.format and a redis.call in
-Lua, all while Redis serves nobody else. This loads N uniform codes into the service's
+Expanding a radius-12 query's probe keys inside Redis would spare the client building
+and parsing them, but every key then costs a string.format and a redis.call in Lua,
+all while Redis serves nobody else. This loads N uniform codes into the service's
 bucket layout, then times the same queries both ways and reads the server time per call
 from INFO commandstats. Prints one line per m and a JSON line; removes its keys.
 

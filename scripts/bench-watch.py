@@ -2,8 +2,9 @@
 """Why the Redis index does not WATCH every probed bucket: time WATCH of N keys.
 
 Redis 7.0's watchForKey() scans the client's list of already-watched keys for each new
-key, so WATCH k1..kN costs O(N^2) server time, during which Redis serves nobody. A
-radius-12 query with m=4 probes ~1,100 buckets. Prints one line per N and a JSON line.
+key, so WATCH k1..kN costs O(N^2) server time, during which Redis serves nobody. The
+sizes timed bracket the buckets a radius-12 query probes at m=4
+(`imgdedup.index.mih.probe_count(12, 4)`). Prints one line per N and a JSON line.
 
     python scripts/bench-watch.py [redis://127.0.0.1:6379/0]
 """

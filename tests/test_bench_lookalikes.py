@@ -1,4 +1,4 @@
-"""What the accuracy benchmark excuses as "the same pixels" (`service.bench.lookalikes`)."""
+"""What the accuracy benchmark excuses as "the same pixels" (`imgdedup_devtools.bench.lookalikes`)."""
 
 from __future__ import annotations
 

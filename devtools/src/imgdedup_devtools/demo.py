@@ -10,23 +10,23 @@ until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import signal
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.resources import files
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from PIL import Image, ImageEnhance
 
+from imgdedup._gen.imgdedup.v1 import events_pb2
 from imgdedup.adapters.events import UploadEvent, decode_decision, encode_upload
 from imgdedup.adapters.kafka_clients import ensure_topics
 from imgdedup.app import Service
 from imgdedup.config import Settings
+from imgdedup_devtools.bench.images import encode, sample, sample_bytes
 from imgdedup_devtools.broker import TansuBroker, free_port
 
 
@@ -38,36 +38,23 @@ class SampleUpload:
     raw_value: bytes | None = None  # a malformed record, sent as-is
 
 
-def _load(name: str) -> Image.Image:
-    return Image.open(io.BytesIO(files("imgdedup_devtools.samples").joinpath(name).read_bytes())).convert("RGB")
-
-
-def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **options)
-    return out.getvalue()
-
-
 def sample_uploads() -> tuple[list[SampleUpload], list[SampleUpload]]:
     """(originals, variants): originals go first so the demo's first-wins is predictable."""
     names = ["astronaut", "chelsea", "coffee", "rocket", "camera"]
-    images = {n: _load(f"{n}.jpg") for n in names}
-    originals = [
-        SampleUpload(f"{n}.jpg", "original photo", files("imgdedup_devtools.samples").joinpath(f"{n}.jpg").read_bytes())
-        for n in names
-    ]
+    images = {n: sample(n) for n in names}
+    originals = [SampleUpload(f"{n}.jpg", "original photo", sample_bytes(n)) for n in names]
     variants: list[tuple[str, str, Callable[[], bytes]]] = [
-        ("astronaut-q30.jpg", "re-encoded as JPEG quality 30", lambda: _encode(images["astronaut"], "JPEG", quality=30)),
+        ("astronaut-q30.jpg", "re-encoded as JPEG quality 30", lambda: encode(images["astronaut"], "JPEG", quality=30)),
         ("astronaut-copy.jpg", "byte-identical copy", lambda: originals[0].data or b""),
         ("chelsea-half.png", "resized to 50 %, saved as PNG",
-         lambda: _encode(images["chelsea"].resize((images["chelsea"].width // 2, images["chelsea"].height // 2)), "PNG")),
+         lambda: encode(images["chelsea"].resize((images["chelsea"].width // 2, images["chelsea"].height // 2)), "PNG")),
         ("coffee-warm.webp", "colour-shifted (+25 % saturation, +10 % brightness), WebP",
-         lambda: _encode(ImageEnhance.Brightness(ImageEnhance.Color(images["coffee"]).enhance(1.25)).enhance(1.1), "WEBP", quality=80)),
+         lambda: encode(ImageEnhance.Brightness(ImageEnhance.Color(images["coffee"]).enhance(1.25)).enhance(1.1), "WEBP", quality=80)),
         ("rocket-thumb.jpg", "thumbnail 160 px wide",
-         lambda: _encode(images["rocket"].resize((160, 107)), "JPEG", quality=85)),
-        ("camera-gray.png", "greyscale PNG", lambda: _encode(images["camera"].convert("L"), "PNG")),
+         lambda: encode(images["rocket"].resize((160, 107)), "JPEG", quality=85)),
+        ("camera-gray.png", "greyscale PNG", lambda: encode(images["camera"].convert("L"), "PNG")),
         ("chelsea-rotated.jpg", "rotated 90 degrees (rotation matching is not enabled: a new image)",
-         lambda: _encode(images["chelsea"].transpose(Image.Transpose.ROTATE_90), "JPEG", quality=85)),
+         lambda: encode(images["chelsea"].transpose(Image.Transpose.ROTATE_90), "JPEG", quality=85)),
     ]
     out = [SampleUpload(i, d, make()) for i, d, make in variants]
     out.append(SampleUpload("broken.jpg", "corrupt file (truncated JPEG)", (originals[2].data or b"")[:2000]))
@@ -86,15 +73,13 @@ async def _redis_answers(url: str) -> bool:
         await client.aclose()
 
 
-def _print_decision(description: str, message: object) -> None:
-    d = message
-    verdict = d.verdict
+def _print_decision(description: str, d: events_pb2.DedupDecision) -> None:
     detail = ""
-    if verdict in ("duplicate", "review"):
-        detail = f"of {d.duplicate_of} ({d.match}, distance {d.distance})"  # type: ignore[attr-defined]
-    elif verdict == "rejected":
-        detail = f"{d.error.code}: {d.error.detail}"  # type: ignore[attr-defined]
-    print(f"  {d.image_id or '?':<22} {verdict:<10} {detail:<44} <- {description}")  # type: ignore[attr-defined]
+    if d.verdict in ("duplicate", "review"):
+        detail = f"of {d.duplicate_of} ({d.match}, distance {d.distance})"
+    elif d.verdict == "rejected":
+        detail = f"{d.error.code}: {d.error.detail}"
+    print(f"  {d.image_id or '?':<22} {d.verdict:<10} {detail:<44} <- {description}")
 
 
 async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True) -> int:

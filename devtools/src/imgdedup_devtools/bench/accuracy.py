@@ -1,4 +1,4 @@
-"""Near-duplicate accuracy: per-family recall and false positives vs pHash, dHash, PDQ.
+"""`imgdedup bench accuracy`: near-duplicate recall per variant family and false positives vs pHash, dHash, PDQ.
 
 Registers distinct originals from a real-image corpus (`../shared/bench/build-corpus
 DIR`) through the service's own code path (Deduplicator, hashing pool, index, decision
@@ -6,7 +6,8 @@ rules), then queries variants of them (one family at a time) and distinct images
 were never registered. The baselines (ImageHash pHash and dHash at distance <= 10, PDQ at
 <= 31) are brute-force searches over the same originals, computed in the same run on the
 same bytes. A baseline "finds" a variant when its original is within the threshold (a
-generous reading); ours must answer `duplicate` naming that original.
+generous reading); ours must answer `duplicate` naming that original. Each of `--seeds`
+draws its own originals and negatives; one document reports every draw.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import random
+import struct
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -31,26 +33,65 @@ from PIL import Image
 
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import CheckResult, Deduplicator
-from imgdedup.decisions.rules import CheckVerdict
+from imgdedup.decisions.rules import CheckVerdict, Verdict
 from imgdedup.errors import InputError
 from imgdedup.fingerprint.decode import normalise_mode
 from imgdedup.hasher import Hasher
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.metrics import Metrics
+from imgdedup_devtools.bench.accuracy_report import (
+    ALL_COUNTED,
+    BASELINES,
+    MATCHING_A_PARTNER,
+    ROTATION_MODE,
+    Draw,
+    FalsePositive,
+    RunInfo,
+    Tally,
+    markdown,
+    print_draw,
+)
 from imgdedup_devtools.bench.lookalikes import counted_apart, pixel_thumbnail, same_pixels
-from imgdedup_devtools.bench.variants import NEGATIVE_TRANSFORMS, NON_GEOMETRIC, VARIANTS, save
+from imgdedup_devtools.bench.variants import NEGATIVE_TRANSFORMS, VARIANTS, save
 
 NAMESPACE = "accuracy"
-BASELINES = {"pHash<=10": 10, "dHash<=10": 10, "PDQ<=31": 31}
-#: Families queried a second time with IMGDEDUP_MATCH_ROTATIONS on (rows get this suffix;
-#: the baselines in those rows are the same plain searches, for comparison).
-ROTATION_MODE = " (rotation mode)"
+#: Families queried a second time in the mirror/rotation mode.
 ROTATION_MODE_FAMILIES = ("geometric", "negative")
 MAX_BENCH_PIXELS = 20_000_000  # bigger corpus files are skipped (and counted)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
+#: pHash, dHash, PDQ (four 64-bit words) of one image.
+BaselineHashes = tuple[int, int, tuple[int, int, int, int]]
+
 
 # --- worker side (pure; runs in a process pool) -----------------------------------------
+@dataclass
+class Sample:
+    """One image to query: a variant of an original, or a transform of a negative."""
+
+    family: str
+    name: str
+    data: bytes
+    hashes: BaselineHashes
+
+
+@dataclass
+class Prepared:
+    """One corpus file as a worker prepared it."""
+
+    path: str
+    role: str  # "original" or "negative"
+    raw: bytes
+    hashes: BaselineHashes | None = None  # of `raw`: what the baselines index for an original
+    samples: list[Sample] = field(default_factory=list)
+    pixels: np.ndarray | None = None  # `pixel_thumbnail` of the picture
+    error: str | None = None  # unreadable, too large, or refused at registration: skipped
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
 def _load_rgb(data: bytes) -> Image.Image:
     """The corpus image as the service sees it (first frame, alpha and colour-key
     transparency flattened onto white), in RGB: the variants are made from this."""
@@ -59,7 +100,7 @@ def _load_rgb(data: bytes) -> Image.Image:
     return normalise_mode(image).convert("RGB")
 
 
-def _baseline_hashes(data: bytes) -> tuple[int, int, tuple[int, int, int, int]]:
+def _baseline_hashes(data: bytes) -> BaselineHashes:
     """Baselines hash the same flattened RGB pixels we do: ImageHash would otherwise drop
     the alpha of cut-outs without flattening it, which is not what is being compared."""
     import imagehash
@@ -70,33 +111,30 @@ def _baseline_hashes(data: bytes) -> tuple[int, int, tuple[int, int, int, int]]:
     dh = int(str(imagehash.dhash(image)), 16)
     vector, _quality = pdqhash.compute(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
     packed = np.packbits(vector.astype(np.uint8)).tobytes()
-    pdq = tuple(int.from_bytes(packed[i : i + 8], "big") for i in range(0, 32, 8))
-    return ph, dh, pdq  # type: ignore[return-value]
+    pdq: tuple[int, int, int, int] = struct.unpack(">4Q", packed)
+    return ph, dh, pdq
 
 
-def _prepare(job: tuple[str, str]) -> dict[str, object]:
+def _prepare(job: tuple[str, str]) -> Prepared:
     """Read one corpus file; for originals make every variant, for negatives the negative
     transforms; baseline hashes for everything."""
     path, role = job
     raw = Path(path).read_bytes()
-    out: dict[str, object] = {"path": path, "role": role, "raw": raw, "items": []}
+    out = Prepared(path, role, raw)
     try:
         with Image.open(io.BytesIO(raw)) as probe:
             if probe.width * probe.height > MAX_BENCH_PIXELS:
                 raise ValueError(f"{probe.width}x{probe.height} is larger than the benchmark's limit")
         image = _load_rgb(raw)
     except Exception as exc:  # an unreadable corpus file is skipped and counted
-        out["error"] = repr(exc)
+        out.error = repr(exc)
         return out
-    out["pixels"] = pixel_thumbnail(image)
-    transforms = VARIANTS if role == "original" else NEGATIVE_TRANSFORMS
-    items = []
+    out.pixels = pixel_thumbnail(image)
     if role == "original":
-        items.append(("original", "raw", raw, _baseline_hashes(raw)))
-    for family, name, transform, fmt, options in transforms:
+        out.hashes = _baseline_hashes(raw)
+    for family, name, transform, fmt, options in VARIANTS if role == "original" else NEGATIVE_TRANSFORMS:
         data = raw if (family == "negative" and name == "raw") else save(transform(image), fmt, **options)
-        items.append((family, name, data, _baseline_hashes(data)))
-    out["items"] = items
+        out.samples.append(Sample(family, name, data, _baseline_hashes(data)))
     return out
 
 
@@ -123,23 +161,6 @@ def select_files(corpus: Path, originals: int, negatives: int, seed: int) -> tup
 
 
 # --- scoring -----------------------------------------------------------------------------
-@dataclass
-class Tally:
-    queries: int = 0
-    ours_duplicate: int = 0
-    ours_review: int = 0
-    baselines: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    def as_dict(self) -> dict[str, object]:
-        n = max(self.queries, 1)
-        return {
-            "queries": self.queries,
-            "ours": round(self.ours_duplicate / n, 4),
-            "ours_incl_review": round((self.ours_duplicate + self.ours_review) / n, 4),
-            **{name: round(self.baselines[name] / n, 4) for name in BASELINES},
-        }
-
-
 def _pdq_distance(a: np.ndarray, b: tuple[int, int, int, int]) -> np.ndarray:
     return sum(np.bitwise_count(a[:, i] ^ np.uint64(b[i])) for i in range(4)).astype(np.int64)
 
@@ -153,7 +174,7 @@ class BaselineIndex:
         self.dh: list[int] = []
         self.pdq: list[tuple[int, int, int, int]] = []
 
-    def add(self, image_id: str, hashes: tuple[int, int, tuple[int, int, int, int]]) -> None:
+    def add(self, image_id: str, hashes: BaselineHashes) -> None:
         self.ids.append(image_id)
         self.ph.append(hashes[0])
         self.dh.append(hashes[1])
@@ -164,7 +185,7 @@ class BaselineIndex:
         self._dh = np.array(self.dh, dtype=np.uint64)
         self._pdq = np.array(self.pdq, dtype=np.uint64).reshape(-1, 4)
 
-    def within(self, hashes: tuple[int, int, tuple[int, int, int, int]]) -> dict[str, set[str]]:
+    def within(self, hashes: BaselineHashes) -> dict[str, set[str]]:
         ph = np.bitwise_count(self._ph ^ np.uint64(hashes[0]))
         dh = np.bitwise_count(self._dh ^ np.uint64(hashes[1]))
         pdq = _pdq_distance(self._pdq, hashes[2])
@@ -174,7 +195,104 @@ class BaselineIndex:
         return out
 
 
-async def _evaluate(prepared: list[dict[str, object]], settings: Settings, workers: int) -> dict[str, object]:
+@dataclass
+class Registered:
+    """The originals as the index kept them."""
+
+    #: image id -> the name a match with it carries: itself, or the kept original it was
+    #: judged a duplicate of
+    canonical: dict[str, str] = field(default_factory=dict)
+    judged_duplicate: list[tuple[str, str]] = field(default_factory=list)
+    kept_codes: list[int] = field(default_factory=list)
+    kept_record_bytes: list[int] = field(default_factory=list)
+    baseline: BaselineIndex = field(default_factory=BaselineIndex)
+
+
+async def _register_originals(dedup: Deduplicator, originals: list[Prepared]) -> Registered:
+    """Sequentially: registration order is part of the contract."""
+    out = Registered()
+    for entry in originals:
+        try:
+            registration = await dedup.register(NAMESPACE, entry.name, entry.raw)
+        except InputError as exc:
+            entry.samples = []
+            entry.error = f"{exc.code}: {exc.detail}"
+            continue
+        record = registration.record
+        if record.kept:  # what the index stores per kept image (docs/scaling.md)
+            out.kept_codes.append(len(record.indexed_codes))
+            out.kept_record_bytes.append(len(record.to_json()))
+        duplicate = record.verdict == Verdict.DUPLICATE
+        out.canonical[entry.name] = record.duplicate_of if duplicate and record.duplicate_of else entry.name
+        if duplicate:
+            out.judged_duplicate.append((entry.name, str(record.duplicate_of)))
+        assert entry.hashes is not None  # every readable original has them
+        out.baseline.add(entry.name, entry.hashes)
+    out.baseline.freeze()
+    return out
+
+
+def _pixel_partners(prepared: list[Prepared], originals: list[Prepared], registered: Registered) -> dict[str, set[str]]:
+    """Negatives showing the same pixels as a registered original (an identical file or a
+    resize of it under another name) have that original as a partner, and the kept one
+    it was judged a duplicate of (the name a match would carry)."""
+    kept = [entry for entry in originals if entry.name in registered.canonical and entry.pixels is not None]
+    original_ids = [entry.name for entry in kept]
+    original_pixels = np.stack([entry.pixels for entry in kept if entry.pixels is not None])
+    partners: dict[str, set[str]] = {}
+    for entry in prepared:
+        if entry.role == "negative" and entry.pixels is not None:
+            same = same_pixels(entry.pixels, original_pixels)
+            partners[entry.name] = {
+                name for i in np.flatnonzero(same) for name in (original_ids[i], registered.canonical[original_ids[i]])
+            }
+    return partners
+
+
+class Scorer:
+    """Counts each query's answer, ours and the baselines', into the rows it belongs to."""
+
+    def __init__(self, registered: Registered, pixel_partners: dict[str, set[str]]) -> None:
+        self.registered = registered
+        self.pixel_partners = pixel_partners
+        self.families: dict[str, Tally] = defaultdict(Tally)
+        self.variants: dict[str, Tally] = defaultdict(Tally)
+        self.false_positives: list[FalsePositive] = []
+
+    def score(self, entry: Prepared, family: str, name: str, result: CheckResult | None,
+              found: dict[str, set[str]]) -> None:
+        """`result` None: the service refused the query (counted as `unique`)."""
+        verdict = result.verdict if result is not None else CheckVerdict.UNIQUE
+        decision = result.decision if result is not None else None
+        named = decision.duplicate_of if decision is not None else None
+        rows = (self.families[family], self.variants[f"{family}/{name}"])
+        if entry.role == "original":
+            accept = {entry.name, self.registered.canonical.get(entry.name, entry.name)}
+            for tally in rows:
+                tally.add(verdict, named in accept, [b for b, ids in found.items() if ids & accept])
+        else:
+            # Every negative is counted. A match with its partner among the originals
+            # (the same pixels, the same picture reviewed by eye, or another member of
+            # the star polygon family) is not a false positive: it is counted in a row of
+            # its own instead. The "all counted" row excuses nothing.
+            partners = {i for i in self.registered.canonical if counted_apart(entry.name, i)}
+            partners |= self.pixel_partners.get(entry.name, set())
+            for tally in rows:
+                tally.add(verdict, named not in partners, [b for b, ids in found.items() if ids - partners])
+            self.families[f"{family}{ALL_COUNTED}"].add(verdict, True, [b for b, ids in found.items() if ids])
+            if partners:
+                self.families[f"{family}{MATCHING_A_PARTNER}"].add(
+                    verdict, named in partners, [b for b, ids in found.items() if ids & partners])
+        if family == "negative" and verdict != CheckVerdict.UNIQUE and decision is not None:
+            self.false_positives.append(FalsePositive(
+                query=entry.name, variant=name, matched=named, distance=decision.distance,
+                similarity=decision.similarity, verdict=verdict.value,
+                counted_apart=bool(named and (counted_apart(entry.name, named)
+                                              or named in self.pixel_partners.get(entry.name, ()))),
+            ))
+
+
+async def _evaluate(prepared: list[Prepared], settings: Settings, workers: int, seed: int) -> Draw:
     metrics = Metrics()
     hasher = Hasher(settings.image_limits, workers)
     await hasher.start()
@@ -188,271 +306,102 @@ async def _evaluate(prepared: list[dict[str, object]], settings: Settings, worke
     rotation_dedup = Deduplicator(
         index, rotation_hasher, dataclasses.replace(policy, match_rotations=True), metrics, max_in_flight=4 * workers
     )
-    baseline = BaselineIndex()
-    canonical: dict[str, str] = {}
-    originals_judged_duplicate: list[tuple[str, str]] = []
-    kept_codes: list[int] = []
-    kept_record_bytes: list[int] = []
     try:
-        originals = [p for p in prepared if p["role"] == "original" and p["items"]]
-        for entry in originals:  # sequential: registration order is part of the contract
-            image_id = Path(str(entry["path"])).name
-            try:
-                registration = await dedup.register(NAMESPACE, image_id, entry["raw"])  # type: ignore[arg-type]
-            except InputError as exc:
-                entry["items"] = []
-                entry["error"] = f"{exc.code}: {exc.detail}"
-                continue
-            record = registration.record
-            if record.kept:  # what the index stores per kept image (docs/scaling.md)
-                kept_codes.append(len(record.indexed_codes))
-                kept_record_bytes.append(len(record.to_json()))
-            canonical[image_id] = record.duplicate_of if record.verdict.value == "duplicate" and record.duplicate_of else image_id
-            if record.verdict.value == "duplicate":
-                originals_judged_duplicate.append((image_id, str(record.duplicate_of)))
-            baseline.add(image_id, entry["items"][0][3])  # type: ignore[index]
-        baseline.freeze()
-        registered = set(canonical)
-        # Negatives showing the same pixels as a registered original (an identical file
-        # or a resize of it under another name) have that original as a partner.
-        kept = [(Path(str(e["path"])).name, e["pixels"]) for e in originals if Path(str(e["path"])).name in registered]
-        original_ids = [name for name, _ in kept]
-        original_pixels = np.stack([pixels for _, pixels in kept])  # type: ignore[misc]
-        pixel_partners: dict[str, set[str]] = {}
-        for entry in prepared:
-            if entry["role"] == "negative" and "pixels" in entry:
-                same = same_pixels(entry["pixels"], original_pixels)  # type: ignore[arg-type]
-                # The original, or the kept one it was judged a duplicate of (the name a
-                # match would carry).
-                pixel_partners[Path(str(entry["path"])).name] = {
-                    name for i in np.flatnonzero(same) for name in (original_ids[i], canonical[original_ids[i]])
-                }
-
-        tallies: dict[str, Tally] = defaultdict(Tally)
-        per_variant: dict[str, Tally] = defaultdict(Tally)
-        false_positives: list[dict[str, object]] = []
+        originals = [p for p in prepared if p.role == "original" and p.error is None]
+        registered = await _register_originals(dedup, originals)
+        scorer = Scorer(registered, _pixel_partners(prepared, originals, registered))
         slots = asyncio.Semaphore(4 * workers)
 
-        async def query(entry: dict[str, object], family: str, name: str, data: bytes, hashes,
-                        checker: Deduplicator = dedup) -> None:
+        async def query(entry: Prepared, family: str, sample: Sample, checker: Deduplicator) -> None:
             async with slots:
                 try:
-                    result = await checker.check(NAMESPACE, data)
+                    result: CheckResult | None = await checker.check(NAMESPACE, sample.data)
                 except InputError:
-                    result = CheckResult(CheckVerdict.UNIQUE, (), None)  # type: ignore[arg-type]
-            found = baseline.within(hashes)
-            expected = Path(str(entry["path"])).name if entry["role"] == "original" else None
-            accept = {expected, canonical.get(expected or "", expected)} if expected else set()
-            named = result.decision.duplicate_of if result.decision is not None else None
-            query_name = Path(str(entry["path"])).name
-            if expected is not None:
-                for tally in (tallies[family], per_variant[f"{family}/{name}"]):
-                    tally.queries += 1
-                    if result.verdict == CheckVerdict.DUPLICATE and named in accept:
-                        tally.ours_duplicate += 1
-                    elif result.verdict == CheckVerdict.REVIEW and named in accept:
-                        tally.ours_review += 1
-                    for baseline_name, ids in found.items():
-                        if ids & accept:
-                            tally.baselines[baseline_name] += 1
-            else:
-                # Every negative is counted. A match with its partner among the originals
-                # (the same pixels, the same picture reviewed by eye, or another member
-                # of the star polygon family) is not a false positive: it is counted in a
-                # row of its own instead. The "all counted" row excuses nothing.
-                partners = {i for i in registered if counted_apart(query_name, i)} | pixel_partners.get(query_name, set())
-                rows: list[tuple[Tally, set[str]]] = [
-                    (tallies[family], partners), (per_variant[f"{family}/{name}"], partners),
-                    (tallies[f"{family} (all counted)"], set()),
-                ]
-                for tally, excused in rows:
-                    tally.queries += 1
-                    if named not in excused:
-                        if result.verdict == CheckVerdict.DUPLICATE:
-                            tally.ours_duplicate += 1
-                        elif result.verdict == CheckVerdict.REVIEW:
-                            tally.ours_review += 1
-                    for baseline_name, ids in found.items():
-                        if ids - excused:
-                            tally.baselines[baseline_name] += 1
-                if partners:
-                    tally = tallies[f"{family} (matching a partner: same pixels, same picture or star family)"]
-                    tally.queries += 1
-                    if named in partners:
-                        if result.verdict == CheckVerdict.DUPLICATE:
-                            tally.ours_duplicate += 1
-                        elif result.verdict == CheckVerdict.REVIEW:
-                            tally.ours_review += 1
-                    for baseline_name, ids in found.items():
-                        if ids & partners:
-                            tally.baselines[baseline_name] += 1
-            if family == "negative" and result.verdict != CheckVerdict.UNIQUE and result.decision is not None:
-                false_positives.append({
-                    "query": query_name, "variant": name, "matched": named,
-                    "distance": result.decision.distance, "similarity": result.decision.similarity,
-                    "verdict": result.verdict.value,
-                    "counted_apart": bool(named and (counted_apart(query_name, named) or named in pixel_partners.get(query_name, ()))),
-                })
+                    result = None
+            scorer.score(entry, family, sample.name, result, registered.baseline.within(sample.hashes))
 
         jobs = []
         for entry in prepared:
-            if "error" in entry:
+            if entry.error is not None:
                 continue
-            for family, name, data, hashes in entry["items"]:  # type: ignore[attr-defined]
-                if family == "original":
-                    continue
-                jobs.append(query(entry, family, name, data, hashes))
-                if family in ROTATION_MODE_FAMILIES:
-                    jobs.append(query(entry, f"{family}{ROTATION_MODE}", name, data, hashes, rotation_dedup))
+            for sample in entry.samples:
+                jobs.append(query(entry, sample.family, sample, dedup))
+                if sample.family in ROTATION_MODE_FAMILIES:
+                    jobs.append(query(entry, f"{sample.family}{ROTATION_MODE}", sample, rotation_dedup))
         await asyncio.gather(*jobs)
     finally:
         await hasher.close()
         await rotation_hasher.close()
-    return {
-        "families": {k: v.as_dict() for k, v in sorted(tallies.items())},
-        "variants": {k: v.as_dict() for k, v in sorted(per_variant.items())},
-        "originals_registered": len(canonical),
-        "indexed_codes_per_kept_image": round(sum(kept_codes) / max(len(kept_codes), 1), 2),
-        "record_json_bytes_per_kept_image": round(sum(kept_record_bytes) / max(len(kept_record_bytes), 1)),
-        "originals_judged_duplicate": originals_judged_duplicate,
-        "false_positive_examples": sorted(
-            false_positives, key=lambda f: (f["verdict"] != "duplicate", f["counted_apart"], f["distance"], f["query"])
-        ),
-    }
+    kept_codes, kept_bytes = registered.kept_codes, registered.kept_record_bytes
+    return Draw(
+        seed=seed,
+        originals=len(registered.canonical),
+        negatives=sum(1 for p in prepared if p.role == "negative" and p.error is None),
+        skipped=sum(1 for p in prepared if p.error is not None),
+        families=dict(scorer.families),
+        variants=dict(scorer.variants),
+        indexed_codes_per_kept_image=round(sum(kept_codes) / max(len(kept_codes), 1), 2),
+        record_json_bytes_per_kept_image=round(sum(kept_bytes) / max(len(kept_bytes), 1)),
+        originals_judged_duplicate=registered.judged_duplicate,
+        false_positives=sorted(scorer.false_positives, key=FalsePositive.sort_key),
+    )
 
 
-def _summary(families: dict[str, dict[str, object]]) -> dict[str, object]:
-    def pooled(names: tuple[str, ...], key: str) -> float:
-        total = sum(int(families[n]["queries"]) for n in names if n in families)
-        hits = sum(float(families[n][key]) * int(families[n]["queries"]) for n in names if n in families)
-        return round(hits / max(total, 1), 4)
-
-    keys = ["ours", "ours_incl_review", *BASELINES]
-    return {
-        "non_geometric_recall": {k: pooled(NON_GEOMETRIC, k) for k in keys},
-        "crop_recall": {k: pooled(("crop",), k) for k in keys},
-        "overlay_recall": {k: pooled(("overlay",), k) for k in keys},
-        "geometric_recall": {k: pooled(("geometric",), k) for k in keys},
-        "false_positive_rate": {k: pooled(("negative",), k) for k in keys},
-        "false_positive_rate_all_counted": {k: pooled(("negative (all counted)",), k) for k in keys},
-        "geometric_recall_rotation_mode": {k: pooled((f"geometric{ROTATION_MODE}",), k) for k in keys},
-        "false_positive_rate_rotation_mode": {k: pooled((f"negative{ROTATION_MODE}",), k) for k in keys},
-    }
-
-
-def _markdown(result: dict[str, object], config: dict[str, object]) -> str:
-    fam: dict[str, dict[str, object]] = result["families"]  # type: ignore[assignment]
-    summary: dict[str, dict[str, float]] = result["summary"]  # type: ignore[assignment]
-    cols = ["ours", "ours_incl_review", *BASELINES]
-    header = "| family | queries | imgdedup | imgdedup incl. review | " + " | ".join(BASELINES) + " |"
-    rule = "|---" * (3 + len(cols)) + "|"
-
-    def row(label: str, data: dict[str, object]) -> str:
-        return f"| {label} | {data['queries']} | " + " | ".join(f"{float(data[c]):.3f}" for c in cols) + " |"
-
-    lines = [
-        "# Near-duplicate accuracy",
-        "",
-        f"Written by `{config['command']}` on {config['date']} ({config['machine']}). Corpus: "
-        f"`{config['corpus']}` built by `../shared/bench/build-corpus`; {config['originals']} originals registered "
-        f"through the service's code path (hashing pool, in-memory index, decision rules; duplicate radius "
-        f"{config['duplicate_radius']}, review radius {config['review_radius']}), {config['negatives']} distinct "
-        "images never registered. Recall rows: share of variants answered `duplicate` of their original "
-        "(imgdedup) or with their original within the threshold (baselines, brute force). The `negative` row is "
-        "the false-positive rate: share of never-registered images (raw, and halved at JPEG q50) that matched "
-        "anything other than its partner: a registered original with the same pixels (an identical file or a "
-        "resize of it under another name: at 16x16 RGB no pixel differs by more than 16 of 255, nor by more "
-        "than half the picture's spread), the same picture drawn twice (pairs reviewed by eye) or, for a member "
-        "of the generated star polygon family (thin-line rings that differ in width), another member (`service/bench/lookalikes.py`). Matches with a partner are counted in a row of their "
-        "own; the `all counted` row counts every match as a false positive.",
-        "",
-        "## Summary",
-        "",
-        "| measure | " + " | ".join(cols) + " |",
-        "|---" * (1 + len(cols)) + "|",
-    ]
-    for name, values in summary.items():
-        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(f"{values[c]:.3f}" for c in cols) + " |")
-    lines += ["", "## Per family", "", header, rule]
-    for family, data in fam.items():
-        lines.append(row(family, data))
-    lines += ["", "## Per variant", "", header.replace("family", "variant"), rule]
-    for name, data in result["variants"].items():  # type: ignore[union-attr]
-        lines.append(row(name, data))
-    lines += ["", f"Index footprint: {result['indexed_codes_per_kept_image']} indexed codes and "
-              f"{result['record_json_bytes_per_kept_image']} bytes of JSON record per kept image.",
-              "", "## Inspect before counting", ""]
-    judged = result["originals_judged_duplicate"]
-    lines.append(f"Originals judged duplicates of another original at registration: {len(judged)} "  # type: ignore[arg-type]
-                 "(a real near-duplicate in the corpus, or a false positive of ours):")
-    for a, b in judged[:15]:  # type: ignore[index]
-        lines.append(f"- `{a}` -> `{b}`")
-    examples: list[dict[str, object]] = result["false_positive_examples"]  # type: ignore[assignment]
-    called = [fp for fp in examples if fp["verdict"] == "duplicate"]
-    lines += ["", f"Negatives ours called `duplicate` ({len(called)}; those counted apart marked; another "
-              f"{len(examples) - len(called)} went to `review`):"]
-    for fp in called:
-        sim = "" if fp["similarity"] is None else f", similarity {fp['similarity']:.2f}"
-        known = " - counted apart" if fp["counted_apart"] else ""
-        lines.append(f"- `{fp['query']}` ({fp['variant']}) matched `{fp['matched']}` at distance "
-                     f"{fp['distance']}{sim} ({fp['verdict']}){known}")
-    lines += ["", f"Wall time {config['seconds']} s with {config['workers']} worker processes.", ""]
-    return "\n".join(lines)
-
-
-def run(corpus: Path, originals: int, negatives: int, seed: int, workers: int, write_docs: Path | None) -> dict[str, object]:
+def measure_draw(corpus: Path, originals: int, negatives: int, seed: int, workers: int, settings: Settings) -> Draw:
+    """One seed's draw: select, prepare in a process pool, register and query."""
     started = time.perf_counter()
-    settings = Settings.from_env({k: v for k, v in os.environ.items() if k.startswith("IMGDEDUP_") and k != "IMGDEDUP_REDIS_URL"})
     chosen_originals, chosen_negatives = select_files(corpus, originals, negatives, seed)
-    print(f"accuracy: {len(chosen_originals)} originals x {len(VARIANTS)} variants, {len(chosen_negatives)} negatives "
-          f"x {len(NEGATIVE_TRANSFORMS)}; preparing with {workers} processes ...", flush=True)
+    print(f"accuracy, seed {seed}: {len(chosen_originals)} originals x {len(VARIANTS)} variants, "
+          f"{len(chosen_negatives)} negatives x {len(NEGATIVE_TRANSFORMS)}; preparing with {workers} processes ...",
+          flush=True)
     jobs = [(str(p), "original") for p in chosen_originals] + [(str(p), "negative") for p in chosen_negatives]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         prepared = list(pool.map(_prepare, jobs, chunksize=4))
-    result = asyncio.run(_evaluate(prepared, settings, workers))
-    skipped = [p["path"] for p in prepared if "error" in p]
-    result["summary"] = _summary(result["families"])  # type: ignore[arg-type]
-    seconds = round(time.perf_counter() - started, 1)
-    config = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-        "corpus": str(corpus), "originals": result["originals_registered"],
-        "negatives": len(chosen_negatives) - sum(1 for s in skipped if s in map(str, chosen_negatives)),
-        "duplicate_radius": settings.duplicate_radius, "review_radius": settings.review_radius,
-        "seconds": seconds, "workers": workers, "seed": seed, "skipped": len(skipped),
-        "command": f"imgdedup bench accuracy --corpus {corpus} --originals {originals} --negatives {negatives} --seed {seed}",
-        "crop_windows": settings.crop_windows,
-    }
-    cols = ["ours", "ours_incl_review", *BASELINES]
-    print(f"{'family':<14}{'queries':>8}" + "".join(f"{c:>18}" for c in cols))
-    for family, data in result["families"].items():  # type: ignore[union-attr]
-        print(f"{family:<14}{data['queries']:>8}" + "".join(f"{float(data[c]):>18.3f}" for c in cols))
-    for name, values in result["summary"].items():  # type: ignore[union-attr]
-        print(f"{name:<36}" + "  ".join(f"{c}={values[c]:.3f}" for c in cols))
+    draw = asyncio.run(_evaluate(prepared, settings, workers, seed))
+    draw.seconds = round(time.perf_counter() - started, 1)
+    return draw
+
+
+def run(corpus: Path, originals: int, negatives: int, seeds: list[int], workers: int,
+        write_docs: Path | None) -> dict[str, object]:
+    settings = Settings.from_env({k: v for k, v in os.environ.items() if k.startswith("IMGDEDUP_") and k != "IMGDEDUP_REDIS_URL"})
+    draws = []
+    for seed in seeds:
+        draws.append(measure_draw(corpus, originals, negatives, seed, workers, settings))
+        print_draw(draws[-1])
+    info = RunInfo(
+        command=(f"imgdedup bench accuracy --corpus {corpus} --originals {originals} --negatives {negatives} "
+                 f"--seeds {' '.join(map(str, seeds))}"),
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=f"{os.cpu_count()} cores, {platform.machine()}",
+        corpus=str(corpus), duplicate_radius=settings.duplicate_radius, review_radius=settings.review_radius,
+        workers=workers,
+    )
     if write_docs is not None:
         write_docs.parent.mkdir(parents=True, exist_ok=True)
-        write_docs.write_text(_markdown(result, config))
+        write_docs.write_text(markdown(draws, info))
         print(f"wrote {write_docs}")
-    print(f"index footprint: {result['indexed_codes_per_kept_image']} indexed codes and "
-          f"{result['record_json_bytes_per_kept_image']} record bytes per kept image")
-    line = {"bench": "accuracy", "config": config, "summary": result["summary"], "families": result["families"],
-            "indexed_codes_per_kept_image": result["indexed_codes_per_kept_image"],
-            "record_json_bytes_per_kept_image": result["record_json_bytes_per_kept_image"]}
+    line: dict[str, object] = {
+        "bench": "accuracy",
+        "config": {**dataclasses.asdict(info), "crop_windows": settings.crop_windows},
+        "draws": [draw.as_dict() for draw in draws],
+    }
     print(json.dumps(line))
     return line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, required=True, help="folder built by ../shared/bench/build-corpus")
-    parser.add_argument("--originals", type=int, default=300, help="distinct images registered")
-    parser.add_argument("--negatives", type=int, default=600, help="distinct images never registered")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--originals", type=int, default=300, help="distinct images registered per draw")
+    parser.add_argument("--negatives", type=int, default=600, help="distinct images never registered per draw")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
+                        help="one draw per seed: the first is the one the thresholds were tuned on, the rest held out")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--write-docs", type=Path, default=Path("docs/accuracy.md"),
                         help="markdown report to (over)write; '-' to skip")
 
 
 def main(args: argparse.Namespace) -> int:
-    run(args.corpus, args.originals, args.negatives, args.seed, args.workers,
+    run(args.corpus, args.originals, args.negatives, args.seeds, args.workers,
         None if str(args.write_docs) == "-" else args.write_docs)
     return 0

@@ -1,9 +1,9 @@
 """Bulk loader for benchmarks: writes millions of codes straight into the Redis layout of
-`service.index.redis_mih.RedisMihIndex`, built client-side with numpy.
+`imgdedup.index.redis.index.RedisMihIndex`, built client-side with numpy.
 
-`register()` decides images one at a time (a Lua insert, an MGET of ~1,100 buckets, a
-fenced finalize: a few ms each), so 10M registrations would take hours. This writes the
-state that many successful registrations of *kept* images would have left behind:
+`register()` decides images one at a time (a Lua insert, an MGET of every probed bucket,
+a fenced finalize), far too slowly to fill an index with millions of images. This writes
+the state that many successful registrations of *kept* images would have left behind:
 
     P:{ns}:meta        JSON {"m", "algorithm": HASH_ALGORITHM, "bits": 64} (same dumps as
                        RedisMihIndex.substrings)
@@ -103,7 +103,7 @@ def write_meta(client: Any, prefix: str, namespace: str, m: int, n: int, *, log:
 
 
 # KEYS[1]: the log. ARGV[1]: seq of the first code; ARGV[2]: codes (u64 LE), one per seq.
-# ~2,000 XADDs per call: a few ms of Redis time each (bulk loading only).
+# Redis serves nobody else while a call runs its XADDs: for bulk loading only.
 _LOAD_LOG = """
 local seq = tonumber(ARGV[1])
 local codes = ARGV[2]

@@ -1,15 +1,16 @@
 """Helpers shared by the benchmarks: percentiles, Redis key clean-up, process CPU time,
-child processes. Not a benchmark itself (`imgdedup bench` lists only `cli.BENCHMARKS`)."""
+child processes. Not a benchmark itself (`imgdedup bench` lists only `commands.BENCHMARKS`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,13 @@ def fmt_lat(summary: dict[str, Any]) -> str:
     if not summary.get("n"):
         return "n/a"
     return f"p50 {summary['p50_ms']:8.3f} ms  p99 {summary['p99_ms']:8.3f} ms"
+
+
+async def run_clients(client: Callable[[], Awaitable[None]], count: int) -> float:
+    """Run `count` copies of the `client` coroutine side by side; their wall seconds."""
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(count)))
+    return time.perf_counter() - started
 
 
 def print_json_line(line: dict[str, Any]) -> None:
@@ -220,7 +228,8 @@ def extra_settings(pairs: list[str]) -> dict[str, Any]:
 
 
 def spawn_serve(values: dict[str, Any], log_path: Any) -> subprocess.Popen[bytes]:
-    """`python -m service serve` with IMGDEDUP_* from `values`, output to `log_path`."""
+    """`imgdedup serve` (as `python -m imgdedup serve`) with IMGDEDUP_* from `values`,
+    output to `log_path`."""
     import sys
 
     with open(log_path, "wb") as log:

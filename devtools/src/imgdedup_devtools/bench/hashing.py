@@ -110,7 +110,7 @@ def run(count: int = 20, min_seconds: float = 3.0, corpus: Path | None = None) -
     parts = breakdown(sets["1280x960 JPEG"], min_seconds)
     print("  where the time goes, 1280x960 JPEG (ms per image): "
           + ", ".join(f"{name} {value:.2f}" for name, value in parts.items()))
-    line = {"bench": "hashing", "results": results, "breakdown_1280x960_jpeg_ms": parts}
+    line: dict[str, object] = {"bench": "hashing", "results": results, "breakdown_1280x960_jpeg_ms": parts}
     print(json.dumps(line))
     return line
 

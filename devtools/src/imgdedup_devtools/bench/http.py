@@ -32,23 +32,31 @@ from typing import Any
 from imgdedup.config import Settings
 from imgdedup.fingerprint import HASH_ALGORITHM
 from imgdedup_devtools.bench.common import (
-    DEFAULT_REDIS_URL,
     bench_prefix,
-    delete_prefix,
     extra_env,
     extra_settings,
     fmt_lat,
     latency_summary,
     print_json_line,
+    run_clients,
     spawn_serve,
     stop_process,
     tree_cpu,
     wait_http,
 )
-from imgdedup_devtools.bench.uploads import Upload, build_uploads
+from imgdedup_devtools.bench.service_options import add_service_arguments, clean_up_redis, service_values
+from imgdedup_devtools.bench.uploads import Upload, add_workload_arguments, build_uploads, cache_dir, mean_kb, workload
 from imgdedup_devtools.broker import free_port
 
 NAMESPACE = "bench"
+
+
+async def post_image(session: Any, url: str, upload: Upload) -> tuple[int, dict[str, Any], float]:
+    """POST the upload's bytes to `url`: (status, JSON body, seconds until the body was read)."""
+    started = time.perf_counter()
+    async with session.post(url, data=upload.data, headers={"Content-Type": "image/jpeg"}) as response:
+        body = await response.json()
+    return response.status, body, time.perf_counter() - started
 
 
 async def register_all(session: Any, base: str, originals: list[Upload], concurrency: int) -> dict[str, Any]:
@@ -60,18 +68,14 @@ async def register_all(session: Any, base: str, originals: list[Upload], concurr
     async def worker() -> None:
         while queue:
             upload = queue.pop()
-            t0 = time.perf_counter()
-            async with session.post(f"{base}/v1/namespaces/{NAMESPACE}/images/{upload.image_id}", data=upload.data,
-                                    headers={"Content-Type": "image/jpeg"}) as response:
-                body = await response.json()
-            times.append(time.perf_counter() - t0)
-            statuses[str(response.status)] += 1
-            if response.status != 201 or body.get("verdict") != "accepted" or body.get("sha256") != upload.sha256_hex:
-                wrong.append(f"{upload.image_id}: {response.status} {body}")
+            status, body, seconds = await post_image(session, f"{base}/v1/namespaces/{NAMESPACE}/images/{upload.image_id}",
+                                                     upload)
+            times.append(seconds)
+            statuses[str(status)] += 1
+            if status != 201 or body.get("verdict") != "accepted" or body.get("sha256") != upload.sha256_hex:
+                wrong.append(f"{upload.image_id}: {status} {body}")
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
+    wall = await run_clients(worker, concurrency)
     return {"images": len(originals), "seconds": round(wall, 2), "images_per_s": round(len(originals) / wall, 1),
             "latency": latency_summary(times), "statuses": dict(statuses), "wrong": len(wrong), "examples": wrong[:3]}
 
@@ -90,25 +94,20 @@ async def check_load(
     async def worker() -> None:
         while time.perf_counter() < deadline:
             upload, original = pool[rng.randrange(len(pool))]
-            t0 = time.perf_counter()
-            async with session.post(f"{base}/v1/namespaces/{NAMESPACE}/check", data=upload.data,
-                                    headers={"Content-Type": "image/jpeg"}) as response:
-                body = await response.json()
-            times.append(time.perf_counter() - t0)
-            statuses[str(response.status)] += 1
+            status, body, seconds = await post_image(session, f"{base}/v1/namespaces/{NAMESPACE}/check", upload)
+            times.append(seconds)
+            statuses[str(status)] += 1
             verdict = body.get("verdict")
             verdicts[str(verdict)] += 1
             matches = body.get("matches") or []
             if original is None:
-                ok = response.status == 200 and verdict == "unique"
+                ok = status == 200 and verdict == "unique"
             else:
-                ok = response.status == 200 and verdict == "duplicate" and matches and matches[0]["image_id"] == original
+                ok = status == 200 and verdict == "duplicate" and bool(matches) and matches[0]["image_id"] == original
             if not ok:
-                wrong.append(f"{upload.image_id}: {response.status} {verdict} {matches[:2]} (expected {original or 'unique'})")
+                wrong.append(f"{upload.image_id}: {status} {verdict} {matches[:2]} (expected {original or 'unique'})")
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
+    wall = await run_clients(worker, concurrency)
     return {"requests": len(times), "seconds": round(wall, 2), "requests_per_s": round(len(times) / wall, 1),
             "latency": latency_summary(times), "statuses": dict(statuses), "verdicts": dict(verdicts),
             "wrong": len(wrong), "examples": wrong[:3]}
@@ -117,36 +116,22 @@ async def check_load(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
-    cache_dir = None if args.no_cache else args.cache_dir
-    policy = Settings()
     t0 = time.perf_counter()
-    uploads = build_uploads(args.images, dup_fraction=args.dup_fraction, seed=args.seed, cache_dir=cache_dir,
-                            duplicate_radius=policy.duplicate_radius, min_gap=policy.review_radius + 2)
+    uploads = workload(args, args.images)
     families = sorted({u.family for u in uploads})
     registered = set(families[: round(len(families) * args.registered_fraction)])
     originals = [u for u in uploads if u.kind == "orig" and u.family in registered]
     orig_id = {u.family: u.image_id for u in originals}
     pool = [(u, orig_id.get(u.family)) for u in uploads]
-    mean_kb = sum(len(u.data) for u in uploads) / len(uploads) / 1024
-    print(f"http benchmark: {len(uploads)} uploads ({mean_kb:.0f} KB mean) prepared in {time.perf_counter() - t0:.1f} s; "
+    size_kb = mean_kb(uploads)
+    print(f"http benchmark: {len(uploads)} uploads ({size_kb:.0f} KB mean) prepared in {time.perf_counter() - t0:.1f} s; "
           f"{len(originals)} originals to register, check pool {len(pool)} ({sum(1 for _, o in pool if o is None)} expected "
           f"unique); {args.concurrency} clients; index {args.index}; {'in-process' if args.in_process else 'subprocess'} "
           f"service; {platform.machine()}, {os.cpu_count()} cores, hash {HASH_ALGORITHM}", flush=True)
 
     prefix = bench_prefix("http")
     port = free_port()
-    values: dict[str, Any] = {
-        "redis_url": args.redis_url if args.index == "redis" else "",
-        "redis_prefix": prefix,
-        "http_port": port,
-        "hash_workers": args.hash_workers,
-        "max_in_flight": args.max_in_flight,
-        "log_level": "WARNING",
-        "log_format": "json",
-        "shutdown_timeout_s": 10.0,
-    }
-    if args.substrings:
-        values["mih_substrings"] = args.substrings
+    values = {**service_values(args, prefix, shutdown_timeout_s=10.0), "http_port": port}
     process: subprocess.Popen[bytes] | None = None
     service: Any = None
     log_path = Path(f"/tmp/imgdedup-bench-http-{port}.log")
@@ -155,7 +140,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.in_process:
             from imgdedup.app import Service
 
-            service = Service(Settings(**values, **extra_settings(args.env)))  # type: ignore[arg-type]
+            service = Service(Settings(**values, **extra_settings(args.env)))
             await service.start()
             pid = os.getpid()
         else:
@@ -166,13 +151,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
             # warm-up: start the hashing workers' imports and the keep-alive connections
-            warm = build_uploads(args.concurrency, dup_fraction=0.0, seed=args.seed + 777, cache_dir=cache_dir, log=False)
-            async def warm_check(upload: Upload) -> None:
-                async with session.post(f"{base}/v1/namespaces/warmup/check", data=upload.data,
-                                        headers={"Content-Type": "image/jpeg"}) as response:
-                    await response.read()
-
-            await asyncio.gather(*(warm_check(u) for u in warm))
+            warm = build_uploads(args.concurrency, dup_fraction=0.0, seed=args.seed + 777, cache_dir=cache_dir(args),
+                                 log=False)
+            await asyncio.gather(*(post_image(session, f"{base}/v1/namespaces/warmup/check", u) for u in warm))
             cpu0 = tree_cpu(pid)
             reg = await register_all(session, base, originals, args.concurrency)
             cpu1 = tree_cpu(pid)
@@ -195,7 +176,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for example in reg["examples"] + chk["examples"]:
             print(f"  ! {example}")
         result.update({"index": args.index, "mode": "in-process" if args.in_process else "subprocess",
-                       "concurrency": args.concurrency, "cores": os.cpu_count(), "mean_kb": round(mean_kb, 1),
+                       "concurrency": args.concurrency, "cores": os.cpu_count(), "mean_kb": round(size_kb, 1),
                        "hash_workers": args.hash_workers, "register": reg, "check": chk,
                        "ok": reg["wrong"] == 0 and chk["wrong"] == 0})
     finally:
@@ -207,9 +188,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 os.unlink(log_path)
             else:
                 print(f"service log: {log_path}", file=sys.stderr)
-        if args.index == "redis":
-            deleted = delete_prefix(args.redis_url, prefix)
-            print(f"cleaned up: {deleted} Redis keys under {prefix}", flush=True)
+        clean_up_redis(args, prefix)
     return result
 
 
@@ -217,20 +196,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="concurrent keep-alive clients")
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of the /check load")
     parser.add_argument("--images", type=int, default=400, help="uploads generated (originals + planted copies)")
-    parser.add_argument("--dup-fraction", type=float, default=0.3, help="share of the uploads that are copies")
     parser.add_argument("--registered-fraction", type=float, default=0.8,
                         help="share of the photo families whose original is registered first")
-    parser.add_argument("--index", choices=("redis", "memory"), default="redis")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
-    parser.add_argument("--substrings", type=int, default=0, help="IMGDEDUP_MIH_SUBSTRINGS (0: the service default)")
-    parser.add_argument("--hash-workers", type=int, default=0, help="IMGDEDUP_HASH_WORKERS (0: one per core)")
-    parser.add_argument("--max-in-flight", type=int, default=64, help="IMGDEDUP_MAX_IN_FLIGHT")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra service setting, e.g. --env crop_windows=false (IMGDEDUP_ prefix optional)")
     parser.add_argument("--in-process", action="store_true", help="run the Service in this process's event loop")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "imgdedup-bench",
-                        help="generated uploads are cached here")
-    parser.add_argument("--no-cache", action="store_true")
+    add_service_arguments(parser)
+    add_workload_arguments(parser)
     parser.add_argument("--seed", type=int, default=3)
 
 

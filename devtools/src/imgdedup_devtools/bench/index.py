@@ -2,7 +2,7 @@
 
 For each code distribution (uniform random, clustered, real pHashes of a corpus mixed
 into random ones) and size N, the codes are bulk-loaded into the exact Redis layout of
-`RedisMihIndex` (service/bench/bulkload.py) for each substring count m, then measured
+`RedisMihIndex` (bench/bulkload.py) for each substring count m, then measured
 with the real `RedisMihIndex.query()`:
 
 - latency p50/p99 and queries/s, sequential and with --concurrency clients, per radius;
@@ -43,7 +43,14 @@ import numpy as np
 
 from imgdedup.config import MAX_PROBES, Settings
 from imgdedup.fingerprint import HASH_ALGORITHM, Fingerprint
-from imgdedup.index.mih import nearest_per_seq, probe_count, substring_widths, suggest_substrings, unpack_records
+from imgdedup.index.mih import (
+    RECORD_DTYPE,
+    nearest_per_seq,
+    probe_count,
+    substring_widths,
+    suggest_substrings,
+    unpack_records,
+)
 from imgdedup.index.mih_table import MihTable
 from imgdedup_devtools.bench import bulkload
 from imgdedup_devtools.bench.common import (
@@ -56,6 +63,7 @@ from imgdedup_devtools.bench.common import (
     pct,
     print_json_line,
     redis_used_memory,
+    run_clients,
 )
 
 DEFAULT_REVIEW_RADIUS = Settings().review_radius
@@ -406,20 +414,42 @@ def wait_lazyfree(client: Any, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-# --- one MIH configuration ------------------------------------------------------------------
-async def measure_mih(
-    ds: Dataset,
-    m: int,
-    args: argparse.Namespace,
-    sync_client: Any,
-    prefix: str,
-    radii: list[int],
-    expected: dict[int, list[list[tuple[str, int]]]],
-    slowlog: SlowlogProbe,
-) -> dict[str, Any]:
+# --- one layout -----------------------------------------------------------------------------
+@dataclass
+class Bench:
+    """What the measurement of each layout on one dataset shares."""
+
+    ds: Dataset
+    args: argparse.Namespace
+    sync_client: Any
+    prefix: str
+    radii: list[int]
+    #: radius -> the brute-force answer to each baseline query
+    expected: dict[int, list[list[tuple[str, int]]]]
+    slowlog: SlowlogProbe
+
+
+def query_client(args: argparse.Namespace) -> Any:
+    """The asyncio Redis client `query()` runs on, with the reply parser of --parser."""
     from imgdedup.app import redis_client
+
+    client = redis_client(Settings(redis_url=args.redis_url, max_in_flight=max(16, args.concurrency)))
+    force_parser(client, args.parser)
+    return client
+
+
+def print_concurrency_and_slowlog(args: argparse.Namespace, concurrent: dict[str, Any], slowlog: dict[str, Any]) -> None:
+    print(f"    concurrency {args.concurrency} at r={args.radius}: {concurrent['queries_per_s']:,.0f} queries/s, "
+          f"{fmt_lat(concurrent['latency'])}", flush=True)
+    print(f"    SLOWLOG (> {slowlog['threshold_us']} us) during the queries: {slowlog['entries']} of our commands, "
+          f"longest {slowlog['max_us']} us {slowlog.get('max_command', '')}", flush=True)
+
+
+async def measure_mih(bench: Bench, m: int) -> dict[str, Any]:
+    """The bucket layout with `m` substrings: bulk load, memory, then query()."""
     from imgdedup.index.redis.index import RedisMihIndex
 
+    ds, args, sync_client, prefix, slowlog = bench.ds, bench.args, bench.sync_client, bench.prefix, bench.slowlog
     n = len(ds.codes)
     namespace = f"{ds.name}-{n}-m{m}"
     out: dict[str, Any] = {"distribution": ds.name, "n": n, "m": m, "widths": list(substring_widths(m)),
@@ -443,7 +473,7 @@ async def measure_mih(
     memory = {"buckets_bytes_per_code": round((mem1 - mem0) / n, 1),
               "total_bytes_per_code": round((mem2 - mem0) / n, 1),
               "state_bytes_per_code": round((mem2 - mem1) / n, 1),
-              "bucket_payload_bytes_per_code": 12 * m,
+              "bucket_payload_bytes_per_code": RECORD_DTYPE.itemsize * m,
               "total_mb": round((mem2 - mem0) / 2**20, 1)}
     if args.exact_keys or args.records:
         bulkload.load_exact(sync_client, prefix, namespace, ds.codes, ds.labels, records=args.records)
@@ -454,38 +484,29 @@ async def measure_mih(
     out["memory"] = memory
     print(f"    load {t_total:6.1f} s ({n / t_total:,.0f} codes/s; buckets {t_buckets:.1f} s): {stats.bucket_keys:,} bucket keys, "
           f"{load['records_per_bucket_mean']} records/bucket mean, max {stats.max_records:,}", flush=True)
-    print(f"    Redis memory: buckets {memory['buckets_bytes_per_code']} B/code (payload {12 * m}), "
+    print(f"    Redis memory: buckets {memory['buckets_bytes_per_code']} B/code (payload {RECORD_DTYPE.itemsize * m}), "
           f"+ state hash {memory['state_bytes_per_code']} B/code = {memory['total_bytes_per_code']} B/code "
           f"({memory['total_mb']} MB)", flush=True)
 
-    client = redis_client(Settings(redis_url=args.redis_url, max_in_flight=max(16, args.concurrency)))
-    force_parser(client, args.parser)
+    client = query_client(args)
     out["redis_parser"] = parser_name(client)
     index = RedisMihIndex(client, prefix=prefix, substrings=m)
     try:
         assert await index.substrings(namespace, create=False) == m
         queries = ds.queries.tolist()
         # correctness first: query() == brute force on every baseline query, each radius
-        out["verify"] = await verify_queries(index, namespace, ds, queries, radii, expected, args.lookup_checks)
+        out["verify"] = await verify_queries(index, namespace, bench)
 
         slowlog.reset()
-        per_radius: dict[str, Any] = {}
-        for r in radii:
-            per_radius[str(r)] = await measure_radius(index, client, sync_client, namespace, ds, queries, r, m, args)
-        conc = await measure_concurrent(index, namespace, queries, args.radius, args.concurrency)
+        out["radii"] = {str(r): await measure_radius(index, client, namespace, bench, r, m) for r in bench.radii}
+        out["concurrent"] = await measure_concurrent(index, namespace, queries, args.radius, args.concurrency)
         sub = queries[: args.breakdown_queries]
-        out["mget_by_parser"] = await mget_by_parser(args, [index._probe_keys(namespace, (q,), args.radius, m) for q in sub])
-        parsers = out["mget_by_parser"]
+        parsers = await mget_by_parser(args, [index._probe_keys(namespace, (q,), args.radius, m) for q in sub])
+        out["mget_by_parser"] = parsers
         print(f"    MGET alone at r={args.radius} by reply parser: "
               + ", ".join(f"{k} {fmt_lat(v) if isinstance(v, dict) else v}" for k, v in parsers.items()), flush=True)
         out["slowlog"] = slowlog.read()
-        out["radii"] = per_radius
-        out["concurrent"] = conc
-        print(f"    concurrency {args.concurrency} at r={args.radius}: {conc['queries_per_s']:,.0f} queries/s, "
-              f"{fmt_lat(conc['latency'])}", flush=True)
-        sl = out["slowlog"]
-        print(f"    SLOWLOG (> {sl['threshold_us']} us) during the queries: {sl['entries']} of our commands, "
-              f"longest {sl['max_us']} us {sl.get('max_command', '')}", flush=True)
+        print_concurrency_and_slowlog(args, out["concurrent"], out["slowlog"])
     finally:
         await client.aclose()
         started = time.perf_counter()
@@ -506,19 +527,11 @@ def table_bytes(table: MihTable) -> int:
     return sum(getattr(table, name).nbytes for name in names if hasattr(table, name))
 
 
-async def measure_mirror(
-    ds: Dataset,
-    args: argparse.Namespace,
-    sync_client: Any,
-    prefix: str,
-    radii: list[int],
-    expected: dict[int, list[list[tuple[str, int]]]],
-    slowlog: SlowlogProbe,
-) -> dict[str, Any]:
+async def measure_mirror(bench: Bench) -> dict[str, Any]:
     """The mirror layout: Redis log + state, a cold replica's table load, then query()."""
-    from imgdedup.app import redis_client
     from imgdedup.index.redis.index import RedisMihIndex
 
+    ds, args, sync_client, prefix, slowlog = bench.ds, bench.args, bench.sync_client, bench.prefix, bench.slowlog
     n = len(ds.codes)
     namespace = f"{ds.name}-{n}-mirror"
     out: dict[str, Any] = {"distribution": ds.name, "n": n, "layout": "mirror"}
@@ -534,8 +547,7 @@ async def measure_mirror(
     bulkload.load_state(sync_client, prefix, namespace, n, ds.labels)
     t_redis = time.perf_counter() - started
     mem2 = redis_used_memory(sync_client)
-    client = redis_client(Settings(redis_url=args.redis_url, max_in_flight=max(16, args.concurrency)))
-    force_parser(client, args.parser)
+    client = query_client(args)
     out["redis_parser"] = parser_name(client)
     index = RedisMihIndex(client, prefix=prefix, substrings=4, mirror=True)
     try:
@@ -565,22 +577,14 @@ async def measure_mirror(
 
         queries = ds.queries.tolist()
         # correctness first: query() == brute force on every baseline query, each radius
-        out["verify"] = await verify_queries(index, namespace, ds, queries, radii, expected, args.lookup_checks)
+        out["verify"] = await verify_queries(index, namespace, bench)
 
         slowlog.reset()
-        per_radius: dict[str, Any] = {}
-        for r in radii:
-            per_radius[str(r)] = await measure_mirror_radius(index, sync_client, namespace, ds, queries, r, args)
-        out["radii"] = per_radius
-        out["with_writes"] = await measure_mirror_with_writes(index, sync_client, prefix, namespace, ds, queries, args)
-        conc = await measure_concurrent(index, namespace, queries, args.radius, args.concurrency)
-        out["concurrent"] = conc
+        out["radii"] = {str(r): await measure_mirror_radius(index, namespace, bench, r) for r in bench.radii}
+        out["with_writes"] = await measure_mirror_with_writes(index, namespace, bench)
+        out["concurrent"] = await measure_concurrent(index, namespace, queries, args.radius, args.concurrency)
         out["slowlog"] = slowlog.read()
-        print(f"    concurrency {args.concurrency} at r={args.radius}: {conc['queries_per_s']:,.0f} queries/s, "
-              f"{fmt_lat(conc['latency'])}", flush=True)
-        sl = out["slowlog"]
-        print(f"    SLOWLOG (> {sl['threshold_us']} us) during the queries: {sl['entries']} of our commands, "
-              f"longest {sl['max_us']} us {sl.get('max_command', '')}", flush=True)
+        print_concurrency_and_slowlog(args, out["concurrent"], out["slowlog"])
     finally:
         await index.close()
         del index
@@ -590,9 +594,25 @@ async def measure_mirror(
     return out
 
 
-async def measure_mirror_radius(
-    index: Any, sync_client: Any, namespace: str, ds: Dataset, queries: list[int], r: int, args: argparse.Namespace
-) -> dict[str, Any]:
+class Laps:
+    """Times the steps of a repeated operation: `start()`, then `lap(step)` after each
+    step; `times[step]` holds one duration per repetition."""
+
+    def __init__(self, *steps: str) -> None:
+        self.times: dict[str, list[float]] = {step: [] for step in steps}
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.times[step].append(now - self._last)
+        self._last = now
+
+
+async def time_queries(index: Any, namespace: str, queries: list[int], r: int) -> tuple[list[float], list[int], float]:
+    """The real query() of every query, one at a time: (latencies, hits, wall seconds)."""
     times = []
     hits = []
     started = time.perf_counter()
@@ -601,37 +621,41 @@ async def measure_mirror_radius(
         result = await index.query(namespace, q, radius=r)
         times.append(time.perf_counter() - t0)
         hits.append(len(result))
-    wall = time.perf_counter() - started
-    t_sync, t_near, t_states, found = [], [], [], []
-    before = command_stats(sync_client)
-    for q in queries[: args.breakdown_queries]:
-        t0 = time.perf_counter()
+    return times, hits, time.perf_counter() - started
+
+
+async def measure_mirror_radius(index: Any, namespace: str, bench: Bench, r: int) -> dict[str, Any]:
+    """query() at radius `r` on the mirror layout, then its steps one by one on a subset."""
+    queries = bench.ds.queries.tolist()
+    times, hits, wall = await time_queries(index, namespace, queries, r)
+    laps = Laps("catch_up", "local_table", "states_hmget")
+    found: list[int] = []
+    before = command_stats(bench.sync_client)
+    for q in queries[: bench.args.breakdown_queries]:
+        laps.start()
         await index.mirror.sync(namespace)
-        t1 = time.perf_counter()
+        laps.lap("catch_up")
         near = index.mirror.near(namespace, (q,), r)
-        t2 = time.perf_counter()
+        laps.lap("local_table")
         await index._states(namespace, list(near))
-        t3 = time.perf_counter()
-        t_sync.append(t1 - t0)
-        t_near.append(t2 - t1)
-        t_states.append(t3 - t2)
+        laps.lap("states_hmget")
         found.append(len(near))
-    after = command_stats(sync_client)
+    after = command_stats(bench.sync_client)
     lat = latency_summary(times)
+    b: dict[str, Any] = {
+        "queries": len(found),
+        "catch_up": latency_summary(laps.times["catch_up"]),
+        "xrange_server_us": server_usec_per_call(before, after, "xrange"),
+        "local_table": latency_summary(laps.times["local_table"]),
+        "states_hmget": latency_summary(laps.times["states_hmget"]),
+        "candidates_mean": round(float(np.mean(found)), 2),
+    }
     out = {
         "query": lat,
         "queries_per_s": round(len(queries) / wall, 1),
         "hits_mean": round(float(np.mean(hits)), 2),
-        "breakdown": {
-            "queries": len(t_sync),
-            "catch_up": latency_summary(t_sync),
-            "xrange_server_us": server_usec_per_call(before, after, "xrange"),
-            "local_table": latency_summary(t_near),
-            "states_hmget": latency_summary(t_states),
-            "candidates_mean": round(float(np.mean(found)), 2),
-        },
+        "breakdown": b,
     }
-    b = out["breakdown"]
     print(f"    r={r:>2}: query() {fmt_lat(lat)}  {out['queries_per_s']:8.1f} q/s  hits {out['hits_mean']:.1f}", flush=True)
     print(f"           catch-up {b['catch_up']['p50_ms']:.3f} ms (XRANGE server {b['xrange_server_us']} us) + local table "
           f"{b['local_table']['p50_ms']:.3f} ms (p99 {b['local_table']['p99_ms']:.3f}) + HMGET "
@@ -639,17 +663,17 @@ async def measure_mirror_radius(
     return out
 
 
-async def measure_mirror_with_writes(
-    index: Any, sync_client: Any, prefix: str, namespace: str, ds: Dataset, queries: list[int], args: argparse.Namespace
-) -> dict[str, Any]:
+async def measure_mirror_with_writes(index: Any, namespace: str, bench: Bench) -> dict[str, Any]:
     """query() with one new registration appended to the log before each: the catch-up
     then fetches and applies one entry (another replica registered meanwhile)."""
+    args = bench.args
+    queries = bench.ds.queries.tolist()
     rng = np.random.default_rng(args.seed + 1)
     new = uniform_codes(rng, len(queries))
-    n = len(ds.codes)
+    n = len(bench.ds.codes)
     times = []
     for i, q in enumerate(queries):
-        bulkload.load_log(sync_client, prefix, namespace, new[i : i + 1], first_seq=n + 1 + i)
+        bulkload.load_log(bench.sync_client, bench.prefix, namespace, new[i : i + 1], first_seq=n + 1 + i)
         t0 = time.perf_counter()
         await index.query(namespace, q, radius=args.radius)
         times.append(time.perf_counter() - t0)
@@ -658,22 +682,20 @@ async def measure_mirror_with_writes(
     return {"radius": args.radius, "query": lat, "entries_appended": len(queries)}
 
 
-async def verify_queries(
-    index: Any, namespace: str, ds: Dataset, queries: list[int], radii: list[int],
-    expected: dict[int, list[Any]], lookup_checks: int,
-) -> dict[str, int]:
+async def verify_queries(index: Any, namespace: str, bench: Bench) -> dict[str, int]:
     """query() against the brute force on every baseline query at each radius, then
     lookup() checks; prints and returns the counts (either layout)."""
     mismatches = checked = 0
-    for r in radii:
-        for q, want in zip(queries, expected[r]):
+    queries = bench.ds.queries.tolist()
+    for r in bench.radii:
+        for q, want in zip(queries, bench.expected[r]):
             got = await index.query(namespace, q, radius=r)
             checked += 1
             if got != want:
                 mismatches += 1
                 if mismatches <= 3:
                     print(f"    MISMATCH r={r} q={q:016x}: got {got[:5]}... ({len(got)}) want {want[:5]}... ({len(want)})")
-    lookups_ok, lookups = await check_lookups(index, namespace, ds, max(radii), lookup_checks)
+    lookups_ok, lookups = await check_lookups(index, namespace, bench.ds, max(bench.radii), bench.args.lookup_checks)
     print(f"    verified: {checked} query() results vs numpy brute force, {mismatches} mismatches; "
           f"{lookups} lookup() checks, {lookups - lookups_ok} mismatches", flush=True)
     return {"queries_checked": checked, "mismatches": mismatches,
@@ -704,48 +726,53 @@ async def check_lookups(index: Any, namespace: str, ds: Dataset, radius: int, co
     return ok, len(picks)
 
 
-async def measure_radius(
-    index: Any, client: Any, sync_client: Any, namespace: str, ds: Dataset, queries: list[int], r: int, m: int,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    # 1. the real query(), sequential
-    times = []
-    hits = []
-    started = time.perf_counter()
-    for q in queries:
-        t0 = time.perf_counter()
-        result = await index.query(namespace, q, radius=r)
-        times.append(time.perf_counter() - t0)
-        hits.append(len(result))
-    wall = time.perf_counter() - started
-    # 2. the same steps one by one (as _near + _states do), on a subset
-    sub = queries[: args.breakdown_queries]
-    t_keys, t_mget, t_verify, t_states, records, nbytes, nkeys, nonempty = ([] for _ in range(8))
-    before = command_stats(sync_client)
+async def measure_radius(index: Any, client: Any, namespace: str, bench: Bench, r: int, m: int) -> dict[str, Any]:
+    """query() at radius `r` on the bucket layout, then its steps one by one (as _near +
+    _states do) on a subset."""
+    ds = bench.ds
+    queries = ds.queries.tolist()
+    times, hits, wall = await time_queries(index, namespace, queries, r)
+    sub = queries[: bench.args.breakdown_queries]
+    laps = Laps("probe_keys", "mget", "verify_numpy", "states_hmget")
+    records: list[int] = []
+    nbytes: list[int] = []
+    nkeys: list[int] = []
+    nonempty: list[int] = []
+    before = command_stats(bench.sync_client)
     for q in sub:
-        t0 = time.perf_counter()
+        laps.start()
         keys = index._probe_keys(namespace, (q,), r, m)
-        t1 = time.perf_counter()
+        laps.lap("probe_keys")
         values = await client.mget(keys)
-        t2 = time.perf_counter()
+        laps.lap("mget")
         present = [b for b in values if b]
         blob = b"".join(present)
         near = nearest_per_seq(unpack_records(blob), (q,), r) if present else {}
-        t3 = time.perf_counter()
+        laps.lap("verify_numpy")
         await index._states(namespace, list(near))
-        t4 = time.perf_counter()
-        t_keys.append(t1 - t0)
-        t_mget.append(t2 - t1)
-        t_verify.append(t3 - t2)
-        t_states.append(t4 - t3)
-        records.append(len(blob) // 12)
+        laps.lap("states_hmget")
+        records.append(len(blob) // RECORD_DTYPE.itemsize)
         nbytes.append(len(blob))
         nkeys.append(len(keys))
         nonempty.append(len(present))
-    after = command_stats(sync_client)
+    after = command_stats(bench.sync_client)
     lat = latency_summary(times)
     kinds = np.array(ds.query_kinds)
     hits_arr = np.array(hits)
+    b: dict[str, Any] = {
+        "queries": len(sub),
+        "probe_keys": latency_summary(laps.times["probe_keys"]),
+        "mget": latency_summary(laps.times["mget"]),
+        "mget_server_us": server_usec_per_call(before, after, "mget"),
+        "verify_numpy": latency_summary(laps.times["verify_numpy"]),
+        "states_hmget": latency_summary(laps.times["states_hmget"]),
+        "hmget_server_us": server_usec_per_call(before, after, "hmget"),
+        "keys_per_query": round(float(np.mean(nkeys)), 1),
+        "nonempty_buckets_mean": round(float(np.mean(nonempty)), 1),
+        "records_read_mean": round(float(np.mean(records)), 1),
+        "records_read_p99": round(pct(records, 99), 1),
+        "bytes_read_mean": round(float(np.mean(nbytes))),
+    }
     out = {
         "probes": probe_count(r, m),
         "service_allows": probe_count(r, m) <= MAX_PROBES,
@@ -753,22 +780,8 @@ async def measure_radius(
         "queries_per_s": round(len(queries) / wall, 1),
         "hits_mean": round(float(hits_arr.mean()), 2),
         "hits_mean_by_kind": {k: round(float(hits_arr[kinds == k].mean()), 2) for k in sorted(set(ds.query_kinds))},
-        "breakdown": {
-            "queries": len(sub),
-            "probe_keys": latency_summary(t_keys),
-            "mget": latency_summary(t_mget),
-            "mget_server_us": server_usec_per_call(before, after, "mget"),
-            "verify_numpy": latency_summary(t_verify),
-            "states_hmget": latency_summary(t_states),
-            "hmget_server_us": server_usec_per_call(before, after, "hmget"),
-            "keys_per_query": round(float(np.mean(nkeys)), 1),
-            "nonempty_buckets_mean": round(float(np.mean(nonempty)), 1),
-            "records_read_mean": round(float(np.mean(records)), 1),
-            "records_read_p99": round(pct(records, 99), 1),
-            "bytes_read_mean": round(float(np.mean(nbytes))),
-        },
+        "breakdown": b,
     }
-    b = out["breakdown"]
     print(f"    r={r:>2} ({out['probes']:>5} probes{'' if out['service_allows'] else ', over the service limit'}): "
           f"query() {fmt_lat(lat)}  {out['queries_per_s']:8.1f} q/s  hits {out['hits_mean']:.1f}  "
           f"read {b['records_read_mean']:,.0f} records ({b['bytes_read_mean'] / 1024:,.0f} KB)", flush=True)
@@ -791,9 +804,7 @@ async def measure_concurrent(index: Any, namespace: str, queries: list[int], r: 
             await index.query(namespace, q, radius=r)
             times.append(time.perf_counter() - t0)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    wall = time.perf_counter() - started
+    wall = await run_clients(worker, workers)
     return {"clients": workers, "radius": r, "queries_per_s": round(len(times) / wall, 1), "latency": latency_summary(times)}
 
 
@@ -846,12 +857,13 @@ async def bench_dataset(
     result: dict[str, Any] = {"distribution": ds.name, "n": n, "note": ds.note, "real_codes": ds.real_codes,
                               "faiss_build_seconds": round(faiss_build, 2), "faiss_threads": threads,
                               "baselines": baselines, "mih": []}
+    bench = Bench(ds, args, sync_client, prefix, radii, expected, slowlog)
     layouts = {x.strip() for x in args.layouts.split(",")}
     if "buckets" in layouts:
         for m in substring_choices(args.substrings, n):
-            result["mih"].append(await measure_mih(ds, m, args, sync_client, prefix, radii, expected, slowlog))
+            result["mih"].append(await measure_mih(bench, m))
     if "mirror" in layouts:
-        result["mirror"] = await measure_mirror(ds, args, sync_client, prefix, radii, expected, slowlog)
+        result["mirror"] = await measure_mirror(bench)
     return result
 
 

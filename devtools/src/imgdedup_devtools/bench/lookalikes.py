@@ -16,7 +16,7 @@ import re
 import numpy as np
 from PIL import Image
 
-#: Generated star polygons (`stars_star_<points>pt<step>step`, 1,375 files, 15 % of the
+#: Generated star polygons (`stars_star_<points>pt<step>step`, a good share of the
 #: objects folder): thin outlines which, from a few dozen points on, render as a ring
 #: whose members differ only in the ring's width and an inner circle. Not the same
 #: picture, but so alike that counting them would make the false-positive figure a

@@ -1,7 +1,7 @@
 """`imgdedup bench pipeline`: events/s and produce->decision latency through Kafka, with K service replicas.
 
 Starts a Tansu broker (unless --bootstrap), creates fresh topics (--partitions), spawns
---replicas `python -m service serve` processes in one consumer group (environment as
+--replicas `imgdedup serve` processes in one consumer group (environment as
 tests/test_kafka_pipeline.py sets it) on Redis (--redis-url, fresh key prefix) or the
 in-memory index, warms them up until every replica owns partitions, then produces
 --events pre-encoded 1280x960 uploads (distinct photos plus planted copies: byte-
@@ -39,19 +39,27 @@ from imgdedup.adapters.events import UploadEvent, decode_decision, encode_upload
 from imgdedup.config import Settings
 from imgdedup.fingerprint import HASH_ALGORITHM, code_hex
 from imgdedup_devtools.bench.common import (
-    DEFAULT_REDIS_URL,
     bench_prefix,
-    delete_prefix,
     extra_env,
     latency_summary,
     print_json_line,
+    redis_cpu_seconds,
     spawn_serve,
     stop_process,
     tree_cpu,
     wait_http,
 )
 from imgdedup_devtools.bench.profile import summarise_raw_profile
-from imgdedup_devtools.bench.uploads import Upload, build_uploads, expected_by_family
+from imgdedup_devtools.bench.service_options import add_service_arguments, clean_up_redis, service_values
+from imgdedup_devtools.bench.uploads import (
+    Upload,
+    add_workload_arguments,
+    build_uploads,
+    cache_dir,
+    expected_by_family,
+    mean_kb,
+    workload,
+)
 from imgdedup_devtools.broker import TansuBroker, free_port
 
 NAMESPACE = "bench"
@@ -317,17 +325,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.index == "memory" and args.replicas > 1:
         raise SystemExit("--index memory keeps the index inside each process: use --replicas 1 (or --index redis)")
-    cache_dir = None if args.no_cache else args.cache_dir
-    policy = Settings()
     t0 = time.perf_counter()
-    uploads = build_uploads(args.events, dup_fraction=args.dup_fraction, seed=args.seed, cache_dir=cache_dir,
-                            duplicate_radius=policy.duplicate_radius, min_gap=policy.review_radius + 2)
-    mean_kb = sum(len(u.data) for u in uploads) / len(uploads) / 1024
+    uploads = workload(args, args.events)
+    size_kb = mean_kb(uploads)
     kinds = collections.Counter(u.kind for u in uploads)
-    print(f"pipeline benchmark: {len(uploads)} uploads ({mean_kb:.0f} KB mean; {dict(kinds)}) prepared in "
+    print(f"pipeline benchmark: {len(uploads)} uploads ({size_kb:.0f} KB mean; {dict(kinds)}) prepared in "
           f"{time.perf_counter() - t0:.1f} s; {args.replicas} replica(s), {args.partitions} partitions, index {args.index}; "
           f"{platform.machine()}, {os.cpu_count()} cores, hash {HASH_ALGORITHM}", flush=True)
-    warm = build_uploads(2 * args.partitions, dup_fraction=0.0, seed=args.seed + 999, cache_dir=cache_dir, log=False)
+    warm = build_uploads(2 * args.partitions, dup_fraction=0.0, seed=args.seed + 999, cache_dir=cache_dir(args), log=False)
 
     tag = uuid.uuid4().hex[:10]
     prefix = bench_prefix("pipeline")
@@ -349,17 +354,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "kafka_dlq_topic": f"bench-uploads-{tag}.dlq",
             "kafka_group_id": f"imgdedup-bench-{tag}",
             "kafka_commit_interval_ms": 500,
-            "redis_url": args.redis_url if args.index == "redis" else "",
-            "redis_prefix": prefix,
-            "hash_workers": args.hash_workers,
-            "max_in_flight": args.max_in_flight,
-            "log_level": "WARNING",
-            "log_format": "json",
-            "shutdown_timeout_s": 20.0,
+            **service_values(args, prefix, shutdown_timeout_s=20.0),
         }
-        if args.substrings:
-            settings_values["mih_substrings"] = args.substrings
-        settings = Settings(**settings_values)  # type: ignore[arg-type]
+        settings = Settings(**settings_values)
         settings.validate()
         await ensure_topics(settings, partitions=args.partitions)
         reader = DecisionReader(bootstrap, settings.kafka_decisions_topic)
@@ -421,37 +418,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     to_decided.append((d.decided_at_ms - uploaded_ms) / 1000)
                 to_reader.append((reader.arrival_wall_ms[i] - d.decided_at_ms) / 1000)
         wall = done_at - first_send
-        checks = check_decisions(uploads, decisions, policy.duplicate_radius)
-        per_replica = []
-        for replica in replicas:
-            before, after = replica.metrics_before, replica.metrics_after
-            consumed = metric_sum(after, "imgdedup_events_consumed_total") - metric_sum(before, "imgdedup_events_consumed_total")
-            hash_n = metric_sum(after, "imgdedup_hash_seconds_count") - metric_sum(before, "imgdedup_hash_seconds_count")
-            hash_s = metric_sum(after, "imgdedup_hash_seconds_sum") - metric_sum(before, "imgdedup_hash_seconds_sum")
-            dec_n = metric_sum(after, "imgdedup_decision_seconds_count") - metric_sum(before, "imgdedup_decision_seconds_count")
-            dec_s = metric_sum(after, "imgdedup_decision_seconds_sum") - metric_sum(before, "imgdedup_decision_seconds_sum")
-            reg_n = after.get('imgdedup_index_seconds_count{operation="register"}', 0) - before.get(
-                'imgdedup_index_seconds_count{operation="register"}', 0)
-            per_replica.append({
-                "replica": replica.index,
-                "events": int(consumed),
-                "cpu_s_event_loop": round(replica.cpu_after["main"] - replica.cpu_before["main"], 2),
-                "cpu_s_hash_workers": round(replica.cpu_after["children"] - replica.cpu_before["children"], 2),
-                "cpu_pct_event_loop": round(100 * (replica.cpu_after["main"] - replica.cpu_before["main"]) / wall, 1),
-                "hash_ms_mean_incl_queue": round(1000 * hash_s / hash_n, 2) if hash_n else None,
-                "receipt_to_decision_ms_mean": round(1000 * dec_s / dec_n, 1) if dec_n else None,
-                "registers": int(reg_n),
-                "pending_waits": int(metric_sum(after, "imgdedup_index_pending_waits_total")
-                                     - metric_sum(before, "imgdedup_index_pending_waits_total")),
-                "restarts": int(metric_sum(after, "imgdedup_index_restarts_total")
-                                - metric_sum(before, "imgdedup_index_restarts_total")),
-                "transient_errors": int(metric_sum(after, "imgdedup_transient_errors_total")
-                                        - metric_sum(before, "imgdedup_transient_errors_total")),
-            })
+        checks = check_decisions(uploads, decisions, Settings().duplicate_radius)
+        per_replica = [replica_figures(replica, wall) for replica in replicas]
         total_cpu = sum(r["cpu_s_event_loop"] + r["cpu_s_hash_workers"] for r in per_replica)
         result.update({
             "replicas": args.replicas, "partitions": args.partitions, "index": args.index, "events": len(uploads),
-            "mean_kb": round(mean_kb, 1), "rate": args.rate or "max", "hash_workers": args.hash_workers,
+            "mean_kb": round(size_kb, 1), "rate": args.rate or "max", "hash_workers": args.hash_workers,
             "max_in_flight": args.max_in_flight, "cores": os.cpu_count(),
             "events_per_s": round(len(wanted) / wall, 1),
             "seconds": round(wall, 2), "produce_seconds": round(produced_at - first_send, 2),
@@ -496,14 +468,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"replica exit codes {exits}; logs in {logdir}", file=sys.stderr)
         if not args.workdir and result.get("checks", {}).get("ok") and all(code == 0 for code in result.get("replica_exit_codes", [])):
             shutil.rmtree(logdir, ignore_errors=True)  # replica logs are kept only when something failed
-        if args.index == "redis":
-            deleted = delete_prefix(args.redis_url, prefix)
-            print(f"cleaned up: {deleted} Redis keys under {prefix}", flush=True)
+        clean_up_redis(args, prefix)
         if broker is not None:
             broker.stop()
         elif settings_values:
             await _delete_topics(settings_values)
     return result
+
+
+def replica_figures(replica: Replica, wall: float) -> dict[str, Any]:
+    """What one replica did during the timed run, from its CPU times and metrics."""
+    def delta(prefix: str) -> float:
+        return metric_sum(replica.metrics_after, prefix) - metric_sum(replica.metrics_before, prefix)
+
+    cpu_main = replica.cpu_after["main"] - replica.cpu_before["main"]
+    hash_n, hash_s = delta("imgdedup_hash_seconds_count"), delta("imgdedup_hash_seconds_sum")
+    dec_n, dec_s = delta("imgdedup_decision_seconds_count"), delta("imgdedup_decision_seconds_sum")
+    return {
+        "replica": replica.index,
+        "events": int(delta("imgdedup_events_consumed_total")),
+        "cpu_s_event_loop": round(cpu_main, 2),
+        "cpu_s_hash_workers": round(replica.cpu_after["children"] - replica.cpu_before["children"], 2),
+        "cpu_pct_event_loop": round(100 * cpu_main / wall, 1),
+        "hash_ms_mean_incl_queue": round(1000 * hash_s / hash_n, 2) if hash_n else None,
+        "receipt_to_decision_ms_mean": round(1000 * dec_s / dec_n, 1) if dec_n else None,
+        "registers": int(delta('imgdedup_index_seconds_count{operation="register"}')),
+        "pending_waits": int(delta("imgdedup_index_pending_waits_total")),
+        "restarts": int(delta("imgdedup_index_restarts_total")),
+        "transient_errors": int(delta("imgdedup_transient_errors_total")),
+    }
 
 
 async def warm_up(replicas: list[Replica], reader: DecisionReader, bootstrap: str, topic: str,
@@ -533,8 +526,6 @@ def _make_dir(path: Path) -> Path:
 
 def _redis_cpu(args: argparse.Namespace) -> float | None:
     import redis
-
-    from imgdedup_devtools.bench.common import redis_cpu_seconds
 
     client = redis.Redis.from_url(args.redis_url)
     try:
@@ -584,17 +575,10 @@ def print_report(r: dict[str, Any]) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=2000, help="uploads in the timed run")
-    parser.add_argument("--dup-fraction", type=float, default=0.3, help="share of the uploads that are planted copies")
     parser.add_argument("--replicas", type=int, default=1, help="`imgdedup serve` processes in the consumer group")
     parser.add_argument("--partitions", type=int, default=6, help="partitions of the fresh input topic")
     parser.add_argument("--bootstrap", default="", help="use this Kafka instead of starting a Tansu broker")
-    parser.add_argument("--index", choices=("redis", "memory"), default="redis")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
-    parser.add_argument("--substrings", type=int, default=0, help="IMGDEDUP_MIH_SUBSTRINGS (0: the service default)")
-    parser.add_argument("--hash-workers", type=int, default=0, help="IMGDEDUP_HASH_WORKERS per replica (0: one per core)")
-    parser.add_argument("--max-in-flight", type=int, default=64, help="IMGDEDUP_MAX_IN_FLIGHT per replica")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra service setting for the replicas, e.g. --env crop_windows=false (IMGDEDUP_ prefix optional)")
+    add_service_arguments(parser)
     parser.add_argument("--rate", type=float, default=0.0, help="events/s to produce at (0: as fast as possible)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting for decisions after this many s")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds to keep reading after the last decision")
@@ -603,9 +587,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="py-spy output (raw collapsed stacks are summarised here)")
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--profile-idle", action="store_true", help="also sample idle threads (waiting time)")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "imgdedup-bench",
-                        help="generated uploads are cached here")
-    parser.add_argument("--no-cache", action="store_true")
+    add_workload_arguments(parser)
     parser.add_argument("--workdir", help="folder for replica logs (default: a fresh one under /tmp, removed after a clean run)")
     parser.add_argument("--seed", type=int, default=1)
 

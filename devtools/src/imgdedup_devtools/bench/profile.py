@@ -16,13 +16,14 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 # (category, test on "function file") checked from the leaf frame towards the root
 _MAIN_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("protobuf / event codec", ("google/protobuf", "service/events.py")),
+    ("protobuf / event codec", ("google/protobuf", "imgdedup/adapters/events.py", "imgdedup/_gen/")),
     ("kafka client (aiokafka)", ("aiokafka/", "kafka/")),
     ("redis client (redis-py)", ("redis/",)),
-    ("index logic (redis_mih, mih, numpy)", ("service/index/", "service/mih.py", "service/decisions.py", "numpy/")),
+    ("index logic (index, decision rules, numpy)", ("imgdedup/index/", "imgdedup/decisions/rules.py", "numpy/")),
     ("hashing IPC (pickle, pipes to workers)", ("concurrent/futures", "multiprocessing/")),
-    ("http / metrics / logging", ("aiohttp/", "prometheus_client", "logging/", "service/logs.py", "service/metrics.py")),
-    ("service glue (consumer, dedup)", ("service/consumer.py", "service/dedup.py", "service/hasher.py")),
+    ("http / metrics / logging", ("aiohttp/", "prometheus_client", "logging/", "imgdedup/logs.py", "imgdedup/metrics.py")),
+    ("service glue (consumer, deduplicator)", ("imgdedup/adapters/kafka_consumer.py", "imgdedup/decisions/deduplicator.py",
+                                              "imgdedup/hasher.py")),
     ("asyncio event loop", ("asyncio/", "selectors.py", "uvloop")),
 )
 _GENERIC = "asyncio event loop"
@@ -70,9 +71,9 @@ def _leaf(frame: str) -> str:
 def summarise_raw_profile(path: Path) -> dict[str, Any]:
     """{'samples', 'processes', 'by_process': {role: samples}, 'categories': {name: %},
     'top_leaves': [(leaf, %)]} over every sample of every process."""
-    per_process: dict[str, int] = collections.Counter()
-    categories: dict[str, int] = collections.Counter()
-    leaves: dict[str, int] = collections.Counter()
+    per_process: collections.Counter[str] = collections.Counter()
+    categories: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
     roots: dict[str, str] = {}
     total = 0
     for raw in path.read_text(errors="replace").splitlines():

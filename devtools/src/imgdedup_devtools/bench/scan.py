@@ -1,4 +1,4 @@
-"""Scan rate: `imgdedup scan` end to end against ImageHash in a loop (`imgdedup bench scan [FOLDER]`).
+"""`imgdedup bench scan [FOLDER]`: the rate of `imgdedup scan` end to end against ImageHash in a loop.
 
 For each folder (the one given, e.g. the benchmark corpus of ../shared/bench/build-corpus,
 and a folder of generated 1280x960 JPEGs) it measures, on the same files:
@@ -33,33 +33,35 @@ from imgdedup.fingerprint import fingerprint
 from imgdedup.scan.scanner import ScanOptions, scan
 from imgdedup.scan.sources import list_folder
 
-DEFAULT_COUNT = 5000  # enough that starting the worker pool (~1 s) is noise
+DEFAULT_COUNT = 5000  # enough that starting the worker pool is noise
 DEFAULT_BASELINE_S = 300.0
 CEILING_SAMPLE_S = 20.0
 
 
-#: Every DUPLICATE_EVERY-th generated file is a copy of the photo before it (cycling
-#: through these kinds), so the folder looks like an estate with ~20 % duplicates.
+#: Generated files come in groups of DUPLICATE_EVERY: distinct photos, then a copy of the
+#: group's first one (cycling through these kinds), so the folder holds duplicates as an
+#: estate does.
 DUPLICATE_EVERY = 5
 COPY_KINDS = ("q50", "small", "bright", "copy")
 
 
 def _make_jpeg(args: tuple[str, int]) -> None:
-    from imgdedup_devtools.bench.uploads import _encode, distinct_photo, variant
+    from imgdedup_devtools.bench.images import encode
+    from imgdedup_devtools.bench.uploads import distinct_photo, variant
 
     path, index = args
     group, position = divmod(index, DUPLICATE_EVERY)
     if position < DUPLICATE_EVERY - 1:
-        data = _encode(distinct_photo(group * DUPLICATE_EVERY + position), "JPEG", quality=85)
+        data = encode(distinct_photo(group * DUPLICATE_EVERY + position), "JPEG", quality=85)
     else:  # a copy of the group's first photo
         image = distinct_photo(group * DUPLICATE_EVERY)
-        original = _encode(image, "JPEG", quality=85)
+        original = encode(image, "JPEG", quality=85)
         data = variant(image, original, COPY_KINDS[group % len(COPY_KINDS)])
     Path(path).write_bytes(data)
 
 
 def generated_jpegs(folder: Path, count: int, workers: int) -> Path:
-    """`count` 1280x960 JPEGs: distinct photos (quality 85, ~115 KB) and, every fifth
+    """`count` 1280x960 JPEGs: distinct photos (quality 85) and, every DUPLICATE_EVERY-th
     file, a copy of one of them (re-encoded, half size, brighter or byte-identical).
     Made once and reused."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@ another family's are regenerated, so the only near matches are the planted ones.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import io
 import os
 import pickle
 import random
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from imgdedup.config import Settings
 from imgdedup.fingerprint import HASH_ALGORITHM, ImageLimits, fingerprint
 from imgdedup.fingerprint.phash import dct_matrix
-from imgdedup_devtools.bench.images import SAMPLES, sample
+from imgdedup_devtools.bench.images import SAMPLES, encode, sample
 
 GENERATOR_VERSION = 1
 WIDTH, HEIGHT = 1280, 960
@@ -83,30 +84,24 @@ def distinct_photo(seed: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **options)
-    return out.getvalue()
-
-
 def variant(image: Image.Image, original: bytes, kind: str) -> bytes:
     if kind == "copy":
         return original  # byte-identical: the exact tier
     if kind == "q50":
-        return _encode(image, "JPEG", quality=50)
+        return encode(image, "JPEG", quality=50)
     if kind == "small":
-        return _encode(image.resize((WIDTH // 2, HEIGHT // 2), Image.Resampling.LANCZOS), "JPEG", quality=80)
+        return encode(image.resize((WIDTH // 2, HEIGHT // 2), Image.Resampling.LANCZOS), "JPEG", quality=80)
     if kind == "bright":
-        return _encode(ImageEnhance.Brightness(image).enhance(1.08), "JPEG", quality=85)
+        return encode(ImageEnhance.Brightness(image).enhance(1.08), "JPEG", quality=85)
     if kind == "webp":
-        return _encode(image, "WEBP", quality=75)
+        return encode(image, "WEBP", quality=75)
     raise ValueError(kind)
 
 
 def make_family(seed: int, kinds: tuple[str, ...]) -> list[tuple[str, bytes]]:
     """[(kind, bytes)] of one original 1280x960 JPEG (quality 85) and its copies."""
     image = distinct_photo(seed)
-    original = _encode(image, "JPEG", quality=85)
+    original = encode(image, "JPEG", quality=85)
     return [("orig", original), *((kind, variant(image, original, kind)) for kind in kinds)]
 
 
@@ -260,6 +255,30 @@ def _generate(
                 retry.append(slot)
         todo = retry
     return [a for a in accepted if a is not None]
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `workload` (the benchmark adds --seed)."""
+    parser.add_argument("--dup-fraction", type=float, default=0.3, help="share of the uploads that are planted copies")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "imgdedup-bench",
+                        help="generated uploads are cached here")
+    parser.add_argument("--no-cache", action="store_true")
+
+
+def cache_dir(args: argparse.Namespace) -> Path | None:
+    return None if args.no_cache else args.cache_dir
+
+
+def workload(args: argparse.Namespace, count: int) -> list[Upload]:
+    """`count` uploads for the service's default policy: every copy within the duplicate
+    radius of its original, families more than two bits beyond the review radius apart."""
+    policy = Settings()
+    return build_uploads(count, dup_fraction=args.dup_fraction, seed=args.seed, cache_dir=cache_dir(args),
+                         duplicate_radius=policy.duplicate_radius, min_gap=policy.review_radius + 2)
+
+
+def mean_kb(uploads: list[Upload]) -> float:
+    return sum(len(u.data) for u in uploads) / len(uploads) / 1024
 
 
 def expected_by_family(uploads: list[Upload]) -> dict[int, list[Upload]]:
