@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
-import signal
-import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from imgdedup.errors import InputError
 from imgdedup.fingerprint.hashing import Fingerprint, ImageLimits, fingerprint
+from imgdedup.process_pool import prepare_worker
 
 
 class HashingCrashed(InputError):
@@ -30,23 +28,13 @@ class HashingCrashed(InputError):
     http_status = 422
 
 
-def _worker_init(parent_pid: int) -> None:
-    """Worker start: ignore Ctrl-C (the parent decides when workers stop; a terminal's
-    SIGINT reaches the whole process group), exit when the parent dies, and import the
-    heavy modules before the first job."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True, name="parent-watch").start()
+def _worker_init() -> None:
+    """Worker start: the shared worker set-up, then the heavy imports before the first job."""
+    prepare_worker()
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401
 
     import imgdedup.fingerprint.hashing  # noqa: F401
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(0)
 
 
 class Hasher:
@@ -65,7 +53,6 @@ class Hasher:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(os.getpid(),),
         )
 
     async def start(self) -> None:
