@@ -14,11 +14,11 @@ import asyncio
 import multiprocessing
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 
 from imgdedup.errors import InputError
 from imgdedup.fingerprint.hashing import Fingerprint, ImageLimits, fingerprint
-from imgdedup.process_pool import prepare_worker
+from imgdedup.process_pool import RenewingPool, prepare_worker
 
 
 class HashingCrashed(InputError):
@@ -37,6 +37,14 @@ def _worker_init() -> None:
     import imgdedup.fingerprint.hashing  # noqa: F401
 
 
+def _fingerprint_each(limits: ImageLimits, images: list[bytes]) -> list[Fingerprint]:
+    return [fingerprint(data, limits) for data in images]
+
+
+def _crashed(data: bytes) -> Fingerprint:
+    raise HashingCrashed("the image crashed the decoder twice")
+
+
 class Hasher:
     """Async front of a worker pool computing `fingerprint(data)`."""
 
@@ -44,42 +52,31 @@ class Hasher:
         self.limits = limits
         self.workers = workers
         self._use_threads = use_threads
-        self._pool: Executor | None = None
+        self._pool: RenewingPool | None = None
 
-    def _new_pool(self) -> Executor:
+    def _new_executor(self) -> Executor:
         if self._use_threads:
             return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hasher")
         return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
         )
 
     async def start(self) -> None:
-        self._pool = self._new_pool()
+        self._pool = RenewingPool(self._new_executor)
+        executor = self._pool.executor()
         loop = asyncio.get_running_loop()
         # Start every worker now, so the first requests do not pay for process start-up.
-        await asyncio.gather(*(loop.run_in_executor(self._pool, time.sleep, 0.01) for _ in range(self.workers)))
+        await asyncio.gather(*(loop.run_in_executor(executor, time.sleep, 0.01) for _ in range(self.workers)))
 
     async def fingerprint(self, data: bytes) -> Fingerprint:
+        """Raises `HashingCrashed` when the image kills a worker twice (a worker that dies
+        decoding a neighbour's image costs one retry)."""
         if self._pool is None:
             raise RuntimeError("Hasher.start() was not awaited")
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            pool = self._pool
-            try:
-                return await loop.run_in_executor(pool, fingerprint, data, self.limits)
-            except BrokenProcessPool:
-                # A worker died (this image or a neighbour's). Replace the pool once; if
-                # the same image kills it again, it is the image.
-                if self._pool is pool:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    self._pool = self._new_pool()
-                if attempt == 2:
-                    raise HashingCrashed("the image crashed the decoder twice") from None
-        raise AssertionError("unreachable")
+        (result,) = await self._pool.run(partial(_fingerprint_each, self.limits), [data], _crashed)
+        return result
 
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+            await asyncio.get_running_loop().run_in_executor(None, pool.close)

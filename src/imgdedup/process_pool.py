@@ -1,13 +1,25 @@
-"""Process pools for CPU-bound work, shared by the service's hasher and the scan:
-workers ignore Ctrl-C and exit when their parent is gone."""
+"""Process pools for CPU-bound work, shared by the service's hasher and the scan.
+
+Workers ignore Ctrl-C and exit when their parent is gone. `RenewingPool` replaces its
+executor when a worker dies, runs the work again one item at a time, and blames an
+item that kills a worker on its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
 import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import wait
+from typing import Any, TypeVar
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 
 def prepare_worker() -> None:
@@ -31,3 +43,83 @@ def exit_with_parent() -> None:
 def _exit_when_closed(sentinel: int) -> None:
     wait([sentinel])
     os._exit(1)
+
+
+class RenewingPool:
+    """An executor built on first use and rebuilt after one of its workers dies.
+
+    `run(work, items, blame)` runs `work(items)` on a worker. If a worker dies meanwhile
+    (on this work or a neighbour's), each item is run again on its own; an item that
+    kills a worker again is to blame, and `blame(item)` stands for its result (or
+    raises)."""
+
+    def __init__(self, build: Callable[[], Executor]) -> None:
+        self._build = build
+        self._executor: Executor | None = None
+        self._queued: set[Future[Any]] = set()
+        self.consecutive_crashes = 0  # items blamed since the last work that finished
+
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = self._build()
+        return self._executor
+
+    async def run(
+        self, work: Callable[[list[ItemT]], list[ResultT]], items: list[ItemT], blame: Callable[[ItemT], ResultT]
+    ) -> list[ResultT]:
+        """The results of `items` in order, less those `drop_queued` took back."""
+        try:
+            return await self._attempt(work, items)
+        except BrokenProcessPool:
+            pass
+        alone = await asyncio.gather(*(self._run_alone(work, item, blame) for item in items))
+        return [result for results in alone for result in results]
+
+    async def _run_alone(
+        self, work: Callable[[list[ItemT]], list[ResultT]], item: ItemT, blame: Callable[[ItemT], ResultT]
+    ) -> list[ResultT]:
+        try:
+            return await self._attempt(work, [item])
+        except BrokenProcessPool:
+            self.consecutive_crashes += 1
+            return [blame(item)]
+
+    async def _attempt(self, work: Callable[[list[ItemT]], list[ResultT]], items: list[ItemT]) -> list[ResultT]:
+        executor = self.executor()
+        future: Future[list[ResultT]] | None = None
+        try:
+            future = executor.submit(work, items)
+            self._queued.add(future)
+            results = await asyncio.wrap_future(future)
+        except BrokenProcessPool:  # submit() raises it too when it is the first to see the death
+            self._renew(executor)
+            raise
+        except asyncio.CancelledError:
+            if future is not None and future.cancelled() and not _task_cancelled():
+                return []  # taken back by drop_queued()
+            raise
+        finally:
+            if future is not None:
+                self._queued.discard(future)
+        self.consecutive_crashes = 0
+        return results
+
+    def _renew(self, broken: Executor) -> None:
+        if self._executor is broken:  # not yet replaced by another caller that met the same death
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def drop_queued(self) -> None:
+        """Take back the work no worker has started; the running work still finishes."""
+        for future in list(self._queued):
+            future.cancel()
+
+    def close(self, *, cancel_futures: bool = False) -> None:
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=True, cancel_futures=cancel_futures)
+
+
+def _task_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

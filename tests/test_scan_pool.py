@@ -1,0 +1,118 @@
+"""The worker pool behind the scan and the hasher (`imgdedup.process_pool`): an item that
+kills its worker is blamed after one retry on its own, its neighbours still get their
+results, work can be taken back before it starts, and workers die with their parent."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from imgdedup.process_pool import RenewingPool, prepare_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+CRASH = "crash"
+
+
+def _square_or_die(items: list[object]) -> list[object]:
+    """Worker side: square numbers; the item CRASH kills the worker process."""
+    out: list[object] = []
+    for item in items:
+        if item == CRASH:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if isinstance(item, float):
+            time.sleep(item)
+        out.append(item * item if isinstance(item, int) else item)
+    return out
+
+
+def _blamed(item: object) -> str:
+    return f"blamed {item}"
+
+
+def _new_executor() -> Executor:
+    return ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=prepare_worker)
+
+
+@pytest.fixture
+def pool():
+    pool = RenewingPool(_new_executor)
+    yield pool
+    pool.close(cancel_futures=True)
+
+
+async def test_the_item_that_kills_its_worker_is_blamed_and_its_neighbours_are_not(pool: RenewingPool) -> None:
+    assert await pool.run(_square_or_die, [1, 2, 3], _blamed) == [1, 4, 9]
+    first = pool.executor()
+    assert await pool.run(_square_or_die, [4, CRASH, 5], _blamed) == [16, "blamed crash", 25]
+    assert pool.executor() is not first, "the broken executor was replaced"
+    assert pool.consecutive_crashes == 1
+    assert await pool.run(_square_or_die, [6], _blamed) == [36]
+    assert pool.consecutive_crashes == 0
+
+
+async def test_blame_may_raise_for_the_caller(pool: RenewingPool) -> None:
+    def refuse(item: object) -> object:
+        raise ValueError(f"{item} crashed its worker twice")
+
+    with pytest.raises(ValueError, match="crash crashed its worker twice"):
+        await pool.run(_square_or_die, [CRASH], refuse)
+
+
+async def test_drop_queued_takes_back_only_the_work_not_started() -> None:
+    one_worker = RenewingPool(lambda: ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")))
+    try:
+        await one_worker.run(_square_or_die, [0.0], _blamed)  # the worker is up
+        runs = [asyncio.ensure_future(one_worker.run(_square_or_die, [0.5, n], _blamed)) for n in range(6)]
+        await asyncio.sleep(0.2)
+        one_worker.drop_queued()
+        results = await asyncio.gather(*runs)
+    finally:
+        one_worker.close(cancel_futures=True)
+    assert results[0] == [0.5, 0], "the running work finishes"
+    assert [] in results, "work no worker had taken is dropped"
+    assert all(r in ([], [0.5, n * n]) for n, r in enumerate(results))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_workers_exit_when_their_parent_is_killed(method: str) -> None:
+    script = textwrap.dedent(f"""
+        import multiprocessing, time
+        from concurrent.futures import ProcessPoolExecutor
+        from imgdedup.process_pool import prepare_worker
+        pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context({method!r}), initializer=prepare_worker)
+        list(pool.map(time.sleep, [0.2, 0.2]))  # starts both workers
+        print(" ".join(map(str, pool._processes)), flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+    finally:
+        parent.kill()
+        parent.wait(10)
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in workers), "orphaned worker processes"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever adopts it, if at all)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
