@@ -49,9 +49,10 @@ class RenewingPool:
     """An executor built on first use and rebuilt after one of its workers dies.
 
     `run(work, items, blame)` runs `work(items)` on a worker. If a worker dies meanwhile
-    (on this work or a neighbour's), each item is run again on its own; an item that
-    kills a worker again is to blame, and `blame(item)` stands for its result (or
-    raises)."""
+    (on this work or a neighbour's), each item is run again on its own; an item whose
+    lone run fails the same way is blamed, and `blame(item)` stands for its result (or
+    raises). Lone runs queued when a culprit kills its worker again are blamed with it:
+    the executor cannot say which task a dead worker was running."""
 
     def __init__(self, build: Callable[[], Executor]) -> None:
         self._build = build

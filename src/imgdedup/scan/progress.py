@@ -122,3 +122,19 @@ class Progress:
             self.stream.write(f"imgdedup scan: {summary}\n")
         self.stream.flush()
         return elapsed
+
+
+class Console:
+    """Where a scan talks: one-line messages and progress bars, on one stream."""
+
+    def __init__(self, stream: TextIO, *, tty: bool | None = None, interval: float = 10.0) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.interval = interval
+
+    def say(self, text: str) -> None:
+        self.stream.write(f"imgdedup scan: {text}\n")
+        self.stream.flush()
+
+    def progress(self, label: str, total: int | None, unit: str = "images") -> Progress:
+        return Progress(label, total, stream=self.stream, tty=self.tty, interval=self.interval, unit=unit)
