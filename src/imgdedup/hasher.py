@@ -1,11 +1,7 @@
-"""Runs the pure hashing in worker processes so the event loop never decodes pixels.
-
-Decoding is CPU-bound and partly holds the GIL; a process pool keeps the loop free to
-serve HTTP, heartbeat Kafka and talk to Redis while images are hashed on every core.
-Workers are started with `spawn` (not `fork`: forking a process that already runs an
-event loop and client threads is a classic source of deadlocks; not `forkserver`: its
-server and workers outlive a SIGKILLed service). Each worker watches its parent and
-exits when the parent is gone, so a killed service leaves no processes behind.
+"""Hashing on worker processes: decoding is CPU-bound and partly holds the GIL, so the
+event loop stays free for HTTP, Kafka and Redis while images are hashed on every core.
+Workers start with `spawn`: forking a process that already runs an event loop and
+client threads is a classic source of deadlocks.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""report.html: one self-contained file (no CDN, no external files; works offline).
-
-Totals, savings and the cluster-size chart (inline SVG) are rendered here, in Python,
-so they read fine even with scripts off. The cluster, review and unreadable lists are
-data in a JSON <script> block, rendered a page at a time by a small plain-JS pager:
-only the visible page has DOM nodes and <img> elements, so 100k clusters stay usable.
-Thumbnails are small JPEGs (base64) referenced by index; exact copies share one.
-
-User data (paths, error texts) reaches the DOM only through `textContent` or
-`html.escape`, and a Content-Security-Policy forbids any network access.
+"""report.html: one self-contained file that works offline. Totals and the chart are
+rendered in Python, readable with scripts off; the cluster, review and unreadable lists
+are JSON data that a small plain-JS pager renders a page at a time. User data reaches the
+DOM only through `textContent` or `html.escape`; a Content-Security-Policy forbids any
+network access.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Progress output: a redrawn bar on a terminal, plain periodic lines otherwise.
-
-On a terminal (stderr is a TTY) one line is redrawn in place at most 10 times a second:
-count, percentage, bar, rate and ETA. Anywhere else (CI logs, `nohup`, a pipe) a plain
-line is printed every `interval` seconds and once at the end, so logs stay readable.
-The rate is measured over the last few seconds, so the ETA follows the current speed.
+"""Progress output: on a terminal one line redrawn in place (count, percentage, bar, rate,
+ETA); elsewhere (CI logs, `nohup`, a pipe) a plain line every `interval` seconds and one
+at the end. The rate covers the last few seconds, so the ETA follows the current speed.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The scan from start to end: set up, then list, hash, cluster, make thumbnails,
-register (optional) and write the reports. A stop request after hashing or thumbnails
-ends the scan early, with the checkpoint saved for the next run.
-
-Hashing and thumbnails run on one `forkserver` pool of our own; clustering waits for
-every fingerprint, because the registration order (keeper order) needs them all.
+"""The scan from start to end: set up, list, hash, cluster, make thumbnails, register
+(optional) and write the reports. Hashing and thumbnails share one `forkserver` pool; a
+stop request ends the scan after either, with the checkpoint saved for the next run.
 """
 
 from __future__ import annotations
@@ -163,7 +160,8 @@ def _list(setup: ScanSetup, console: Console) -> Listing:
 async def _cluster(
     setup: ScanSetup, images: list[ScannedImage], console: Console
 ) -> tuple[list[ScannedImage], list[ImageRecord], Clustering]:
-    """(the images in keeper order, the audit's record of each, the clusters)."""
+    """(the images in keeper order, the audit's record of each, the clusters). Runs once
+    every image has its fingerprint: the registration order (keeper order) needs them all."""
     images = sorted(images, key=keeper_sort_key(setup.criteria))
     dedup = Deduplicator(MemoryIndex(), Hasher(setup.limits, 1), setup.policy, Metrics(), 1)
     bar = console.progress("clustering", len(images))

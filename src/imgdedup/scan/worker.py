@@ -132,7 +132,7 @@ def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
     elif image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     # Shrink first, flatten after: Pillow resamples RGBA with premultiplied alpha, so
-    # this equals flattening at full size, on a hundredth of the pixels.
+    # this equals flattening at full size, on far fewer pixels.
     image.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     if transparent:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
