@@ -1,6 +1,7 @@
 """The worker pool behind the scan and the hasher (`imgdedup.process_pool`): an item that
 kills its worker is blamed after one retry on its own, its neighbours still get their
-results, work can be taken back before it starts, and workers die with their parent."""
+results, work can be taken back before it starts, and workers die with their parent.
+A scan reports an image that kills its worker, and gives up when every image does."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
+from scan_helpers import many_images, run
 
 from imgdedup.process_pool import RenewingPool, prepare_worker
+from imgdedup.scan import ScanError
+from imgdedup.scan.worker import HashResult, HashTask, hash_chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 CRASH = "crash"
@@ -33,6 +37,13 @@ def _square_or_die(items: list[object]) -> list[object]:
             time.sleep(item)
         out.append(item * item if isinstance(item, int) else item)
     return out
+
+
+def _poisoned_hash_chunk(spec, limits, tasks: list[HashTask], delay_s: float = 0.0) -> list[HashResult]:
+    """Worker side: `hash_chunk`, except that a file named *poison* kills the worker."""
+    if any("poison" in task.key for task in tasks):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return hash_chunk(spec, limits, tasks, delay_s)
 
 
 def _blamed(item: object) -> str:
@@ -115,3 +126,24 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_scan_reports_the_image_that_kills_its_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = many_images(tmp_path / "src", 10)
+    (tmp_path / "src" / "poison.jpg").write_bytes((tmp_path / "src" / keys[0]).read_bytes())
+    monkeypatch.setattr("imgdedup.scan.hashing.hash_chunk", _poisoned_hash_chunk)
+    result = run(tmp_path / "src", tmp_path / "out", chunk_size=4)
+    assert result.report is not None
+    unreadable = {u["key"]: u["error"] for u in result.report["unreadable"]}
+    assert unreadable.get("poison.jpg") == "hashing_crashed"
+    assert result.report["totals"]["images"] + len(unreadable) == len(keys) + 1
+
+
+def test_a_scan_gives_up_when_every_image_kills_its_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for n in range(12):
+        (source / f"poison-{n}.jpg").write_bytes(b"never read")
+    monkeypatch.setattr("imgdedup.scan.hashing.hash_chunk", _poisoned_hash_chunk)
+    with pytest.raises(ScanError, match="in a row crashed their worker process"):
+        run(source, tmp_path / "out")

@@ -38,6 +38,7 @@ def _fingerprint_each(limits: ImageLimits, images: list[bytes]) -> list[Fingerpr
 
 
 def _crashed(data: bytes) -> Fingerprint:
+    """The blame for an image that killed its worker on its own too: refuse it."""
     raise HashingCrashed("the image crashed the decoder twice")
 
 

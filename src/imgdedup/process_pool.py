@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
+Work = Callable[[list[ItemT]], list[ResultT]]  # picklable; runs on a worker, one result per item
+Blame = Callable[[ItemT], ResultT]  # the result of an item that killed its worker on its own
 
 
 def prepare_worker() -> None:
@@ -65,9 +67,7 @@ class RenewingPool:
             self._executor = self._build()
         return self._executor
 
-    async def run(
-        self, work: Callable[[list[ItemT]], list[ResultT]], items: list[ItemT], blame: Callable[[ItemT], ResultT]
-    ) -> list[ResultT]:
+    async def run(self, work: Work[ItemT, ResultT], items: list[ItemT], blame: Blame[ItemT, ResultT]) -> list[ResultT]:
         """The results of `items` in order, less those `drop_queued` took back."""
         try:
             return await self._attempt(work, items)
@@ -76,16 +76,14 @@ class RenewingPool:
         alone = await asyncio.gather(*(self._run_alone(work, item, blame) for item in items))
         return [result for results in alone for result in results]
 
-    async def _run_alone(
-        self, work: Callable[[list[ItemT]], list[ResultT]], item: ItemT, blame: Callable[[ItemT], ResultT]
-    ) -> list[ResultT]:
+    async def _run_alone(self, work: Work[ItemT, ResultT], item: ItemT, blame: Blame[ItemT, ResultT]) -> list[ResultT]:
         try:
             return await self._attempt(work, [item])
         except BrokenProcessPool:
             self.consecutive_crashes += 1
             return [blame(item)]
 
-    async def _attempt(self, work: Callable[[list[ItemT]], list[ResultT]], items: list[ItemT]) -> list[ResultT]:
+    async def _attempt(self, work: Work[ItemT, ResultT], items: list[ItemT]) -> list[ResultT]:
         executor = self.executor()
         future: Future[list[ResultT]] | None = None
         try:

@@ -42,6 +42,7 @@ async def hash_items(
     setup: ScanSetup, listing: Listing, console: Console, pool: RenewingPool, stop: StopRequest,
     downloads: Downloads | None,
 ) -> Hashing:
+    """Hash what the checkpoint lacks, up to --stop-after files, until done or stopped."""
     o = setup.options
     reused, todo = _split_by_checkpoint(listing.items, setup.checkpoint.load())
     budget = len(todo) if o.stop_after is None else min(len(todo), max(0, o.stop_after))
@@ -68,7 +69,6 @@ async def hash_items(
             for result in future.result():
                 recorder.record(result)
         if pool.consecutive_crashes >= MAX_CONSECUTIVE_CRASHES:
-            await _abandon(in_flight, pool)
             raise ScanError(
                 f"{pool.consecutive_crashes} images in a row crashed their worker process: the workers cannot run "
                 "here (out of memory? a broken install?); the checkpoint keeps the work done so far"
@@ -88,6 +88,8 @@ async def hash_items(
         while in_flight:
             await collect()
     finally:
+        if in_flight:  # a failure: leave the rest
+            await _abandon(in_flight, pool)
         setup.checkpoint.commit()
         recorder.bar.close()
     return Hashing(recorder.results, reused, cut_short=submitted < len(todo))
@@ -204,6 +206,7 @@ def _crashed(task: HashTask) -> HashResult:
 
 
 async def _abandon(in_flight: set[asyncio.Future[list[HashResult]]], pool: RenewingPool) -> None:
+    """Stop waiting for the chunks in flight; those no worker has started are dropped."""
     pool.drop_queued()
     for future in in_flight:
         future.cancel()
