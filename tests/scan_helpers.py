@@ -25,16 +25,14 @@ from imgdedup.scan import ScanOptions, ScanResult, scan
 T0 = 1_600_000_000
 
 
-def _jpeg(image: Image.Image, quality: int) -> bytes:
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=quality)
-    return out.getvalue()
-
-
 def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **options)
     return out.getvalue()
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    return _encode(image, "JPEG", quality=quality)
 
 
 @dataclass

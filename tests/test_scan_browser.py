@@ -1,10 +1,6 @@
-"""The HTML report in a real headless Chromium (Debian's `chromium` package): the page
-renders, thumbnails load, totals match clusters.json, pagination and tabs work, and a
-report of 100k clusters stays usable.
-
-Chromium is looked for on PATH; when it is missing and we may install packages (root
-with apt-get), `apt-get install -y chromium` is tried, as CI does. The tests are skipped
-only when Chromium cannot be installed.
+"""The HTML report in a real headless Chromium: the page renders, thumbnails load, totals
+match clusters.json, pagination and tabs work, and a report of 100k clusters stays
+usable. Skipped only when Chromium is missing and cannot be installed.
 """
 
 from __future__ import annotations
@@ -55,6 +51,8 @@ def _install_chromium() -> str:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
+    """Chromium from PATH; when missing and we may install packages (root with apt-get),
+    Debian's `chromium` package is installed, as CI does."""
     path = _which()
     if path is None and os.environ.get("IMGDEDUP_TEST_NO_APT") != "1":
         reason = _install_chromium()

@@ -1,26 +1,20 @@
-"""Runs the pure hashing in worker processes so the event loop never decodes pixels.
-
-Decoding is CPU-bound and partly holds the GIL; a process pool keeps the loop free to
-serve HTTP, heartbeat Kafka and talk to Redis while images are hashed on every core.
-Workers are started with `spawn` (not `fork`: forking a process that already runs an
-event loop and client threads is a classic source of deadlocks; not `forkserver`: its
-server and workers outlive a SIGKILLed service). Each worker watches its parent and
-exits when the parent is gone, so a killed service leaves no processes behind.
+"""Hashing on worker processes: decoding is CPU-bound and partly holds the GIL, so the
+event loop stays free for HTTP, Kafka and Redis while images are hashed on every core.
+Workers start with `spawn`: forking a process that already runs an event loop and
+client threads is a classic source of deadlocks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
-import signal
-import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 
 from imgdedup.errors import InputError
 from imgdedup.fingerprint import Fingerprint, ImageLimits, fingerprint
+from imgdedup.process_pool import RenewingPool, prepare_worker
 
 
 class HashingCrashed(InputError):
@@ -30,23 +24,22 @@ class HashingCrashed(InputError):
     http_status = 422
 
 
-def _worker_init(parent_pid: int) -> None:
-    """Worker start: ignore Ctrl-C (the parent decides when workers stop; a terminal's
-    SIGINT reaches the whole process group), exit when the parent dies, and import the
-    heavy modules before the first job."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True, name="parent-watch").start()
+def _worker_init() -> None:
+    """Worker start: the shared worker set-up, then the heavy imports before the first job."""
+    prepare_worker()
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401
 
     import imgdedup.fingerprint  # noqa: F401
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(0)
+def _fingerprint_each(limits: ImageLimits, images: list[bytes]) -> list[Fingerprint]:
+    return [fingerprint(data, limits) for data in images]
+
+
+def _crashed(data: bytes) -> Fingerprint:
+    """The blame for an image that killed its worker on its own too: refuse it."""
+    raise HashingCrashed("the image crashed the decoder twice")
 
 
 class Hasher:
@@ -56,43 +49,31 @@ class Hasher:
         self.limits = limits
         self.workers = workers
         self._use_threads = use_threads
-        self._pool: Executor | None = None
+        self._pool: RenewingPool | None = None
 
-    def _new_pool(self) -> Executor:
+    def _new_executor(self) -> Executor:
         if self._use_threads:
             return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hasher")
         return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(os.getpid(),),
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
         )
 
     async def start(self) -> None:
-        self._pool = self._new_pool()
+        self._pool = RenewingPool(self._new_executor)
+        executor = self._pool.executor()
         loop = asyncio.get_running_loop()
         # Start every worker now, so the first requests do not pay for process start-up.
-        await asyncio.gather(*(loop.run_in_executor(self._pool, time.sleep, 0.01) for _ in range(self.workers)))
+        await asyncio.gather(*(loop.run_in_executor(executor, time.sleep, 0.01) for _ in range(self.workers)))
 
     async def fingerprint(self, data: bytes) -> Fingerprint:
+        """Raises `HashingCrashed` when the image kills a worker twice (a worker that dies
+        decoding a neighbour's image costs one retry)."""
         if self._pool is None:
             raise RuntimeError("Hasher.start() was not awaited")
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            pool = self._pool
-            try:
-                return await loop.run_in_executor(pool, fingerprint, data, self.limits)
-            except BrokenProcessPool:
-                # A worker died (this image or a neighbour's). Replace the pool once; if
-                # the same image kills it again, it is the image.
-                if self._pool is pool:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    self._pool = self._new_pool()
-                if attempt == 2:
-                    raise HashingCrashed("the image crashed the decoder twice") from None
-        raise AssertionError("unreachable")
+        (result,) = await self._pool.run(partial(_fingerprint_each, self.limits), [data], _crashed)
+        return result
 
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+            await asyncio.get_running_loop().run_in_executor(None, pool.close)

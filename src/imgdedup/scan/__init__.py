@@ -1,11 +1,6 @@
-"""`imgdedup scan`: audit an existing folder, URL list or S3 prefix for duplicates.
-
-Hashes every image with the service's own `imgdedup.fingerprint.fingerprint` on a process
-pool, checkpoints each result (an interrupted scan resumes), then clusters by
-registering every image into an index through the service's own decision path, so the
-audit always matches what the streaming service would decide. Writes a self-contained
-HTML report plus JSON and CSV exports; `--register` also loads the estate into the
-service's configured index. See docs/scan.md.
+"""`imgdedup scan`: audit an existing folder, URL list or S3 prefix for duplicates with
+the service's own hashing and decisions, and write an HTML report with JSON and CSV
+exports; `--register` also loads the estate into the service's index. See docs/scan.md.
 
 The re-exports are lazy: `imgdedup` imports `imgdedup.scan.cli` on every start to
 offer the subcommand, which must not pull in the whole scanner.

@@ -1,15 +1,6 @@
-"""The scan's checkpoint: one SQLite file with a row per hashed (or failed) item.
-
-A row is keyed by the item key and remembers the item's size and version (mtime_ns or
-ETag) at the time it was read, so a resumed scan skips exactly the unchanged items and
-re-hashes changed ones. Rows are committed in small batches (WAL journal), so a scan
-killed at any point loses at most the last second of work.
-
-Fingerprints are stored as tagged JSON built from `dataclasses.fields(Fingerprint)`, so
-the checkpoint follows whatever fields `imgdedup.fingerprint.Fingerprint` has. The hash
-algorithm, the fingerprint's field names and the input limits are recorded with the
-checkpoint; when any of them changes (a new hashing version), old rows are discarded
-and everything is hashed again rather than compared with incompatible codes.
+"""The scan's checkpoint: one SQLite file (WAL journal, committed in small batches) with a
+row per hashed or failed item, keyed by the item key and holding its size and version
+when read, so a resumed scan re-hashes only the changed items.
 """
 
 from __future__ import annotations
@@ -73,6 +64,8 @@ def _dec(value: Any) -> Any:
 
 
 def encode_fingerprint(fp: Fingerprint) -> str:
+    """Tagged JSON built from `dataclasses.fields`, so the checkpoint follows whatever
+    fields `Fingerprint` has."""
     return json.dumps(
         {f.name: _enc(getattr(fp, f.name)) for f in dataclasses.fields(fp)}, separators=(",", ":")
     )
@@ -84,7 +77,9 @@ def decode_fingerprint(raw: str) -> Fingerprint:
 
 
 def compatibility(limits: ImageLimits) -> dict[str, Any]:
-    """What must not change for checkpointed fingerprints to stay comparable."""
+    """What must not change for checkpointed fingerprints to stay comparable. When any of
+    it changes (a new hashing version), the old rows are discarded and everything is
+    hashed again rather than compared with incompatible codes."""
     return {
         "format": FORMAT,
         "hash_algorithm": HASH_ALGORITHM,

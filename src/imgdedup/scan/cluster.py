@@ -1,15 +1,7 @@
-"""Clusters from the service's own decisions, keepers, and reclaimable bytes.
-
-The scan does no matching of its own. Every image is registered, one at a time, into a
-fresh index through `Deduplicator.register_fingerprint` (the path HTTP and Kafka use),
-which answers a verdict, `duplicate_of` and a distance. Duplicate clusters are the
-connected components of the `duplicate` links; `review` links (the uncertain band) are
-kept apart as review groups and never counted as reclaimable.
-
-Images are registered in *keeper order* (best first under the keeper rule, e.g. largest
-resolution, then oldest). Since the service judges a near-duplicate against the
-earliest registered kept image, the keeper of each cluster is the image the others were
-judged duplicates of, and every distance shown is the distance to the keeper.
+"""Clusters from the service's own decisions, keepers, and reclaimable bytes: every image
+is registered into a fresh index through the path HTTP and Kafka use; clusters are the
+connected components of its `duplicate` links, and `review` links (the uncertain band)
+are kept apart as review groups, never counted as reclaimable.
 """
 
 from __future__ import annotations
@@ -178,7 +170,12 @@ async def classify(
     on_done: Callable[[int], None] | None = None,
 ) -> list[ImageRecord]:
     """Register every image, in the given order, into `dedup`'s (fresh) index. Image ids
-    are positions, so any key is acceptable. Returns the record of each image."""
+    are positions, so any key is acceptable. Returns the record of each image.
+
+    Given in keeper order (best first under the keeper rule), the keeper of each cluster
+    is the image the others were judged duplicates of, since the service judges a
+    near-duplicate against the earliest registered kept image; so every distance shown
+    is the distance to the keeper."""
     records: list[ImageRecord] = []
     for position, image in enumerate(images):
         registration = await dedup.register_fingerprint(namespace, str(position), image.fingerprint)

@@ -1,13 +1,8 @@
-"""report.html: one self-contained file (no CDN, no external files; works offline).
-
-Totals, savings and the cluster-size chart (inline SVG) are rendered here, in Python,
-so they read fine even with scripts off. The cluster, review and unreadable lists are
-data in a JSON <script> block, rendered a page at a time by a small plain-JS pager:
-only the visible page has DOM nodes and <img> elements, so 100k clusters stay usable.
-Thumbnails are small JPEGs (base64) referenced by index; exact copies share one.
-
-User data (paths, error texts) reaches the DOM only through `textContent` or
-`html.escape`, and a Content-Security-Policy forbids any network access.
+"""report.html: one self-contained file that works offline. Totals and the chart are
+rendered in Python, readable with scripts off; the cluster, review and unreadable lists
+are JSON data that a small plain-JS pager renders a page at a time. User data reaches the
+DOM only through `textContent` or `html.escape`; a Content-Security-Policy forbids any
+network access.
 """
 
 from __future__ import annotations
@@ -19,6 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from imgdedup.scan.report import GB
+
+#: The totals the page template shows by name, each with its raw value for the browser test.
+_PAGE_TOTALS = (
+    "images", "bytes", "duplicates", "duplicate_share", "clusters", "reclaimable_gb", "reclaimable_bytes",
+    "reclaimable_share", "exact_duplicates", "near_duplicates", "review_groups", "review_images", "review_bytes",
+    "unreadable", "skipped", "files",
+)
 
 #: Per member in the page data: [key, size, width, height, format, role, distance,
 #: match, thumb index (-1: none), reclaimable, modified, same_file_as/cluster, uri]
@@ -56,6 +58,12 @@ def _total(name: str, totals: Mapping[str, Any]) -> str:
         f'<span class="value" data-total="{name}" data-value="{html.escape(raw)}">'
         f"{html.escape(format_total(name, totals))}</span>"
     )
+
+
+def _range(name: str, totals: Mapping[str, Any], dash: str, *, single: bool) -> str:
+    """`name`_min to `name`_max, or the minimum alone when `single`."""
+    low = _total(f"{name}_min", totals)
+    return low if single else f"{low}{dash}{_total(f'{name}_max', totals)}"
 
 
 def _member(m: Mapping[str, Any], thumb: int, uri_prefix: str) -> list[Any]:
@@ -159,14 +167,7 @@ def render(report: Mapping[str, Any], thumbs: Mapping[str, bytes], *, page_size:
     s = report["settings"]
     e = html.escape
     data = page_data(report, thumbs)
-    price = (
-        f'{_total("price_per_gb_month_min", t)}&ndash;{_total("price_per_gb_month_max", t)}'
-        if t["price_per_gb_month_min"] != t["price_per_gb_month_max"] else _total("price_per_gb_month_min", t)
-    )
-    saving = (
-        f'{_total("monthly_saving_min", t)} &ndash; {_total("monthly_saving_max", t)}'
-        if t["price_per_gb_month_min"] != t["price_per_gb_month_max"] else _total("monthly_saving_min", t)
-    )
+    one_price = t["price_per_gb_month_min"] == t["price_per_gb_month_max"]
     register = report.get("register")
     register_html = ""
     if register:
@@ -184,24 +185,9 @@ def render(report: Mapping[str, Any], thumbs: Mapping[str, bytes], *, page_size:
             f"duplicate radius {s['duplicate_radius']}, review radius {s['review_radius']}, "
             f"hash {s['hash_algorithm']}, keeper: {s['keeper']}"
         ),
-        images=_total("images", t),
-        bytes=_total("bytes", t),
-        duplicates=_total("duplicates", t),
-        duplicate_share=_total("duplicate_share", t),
-        clusters=_total("clusters", t),
-        reclaimable_gb=_total("reclaimable_gb", t),
-        reclaimable_bytes=_total("reclaimable_bytes", t),
-        reclaimable_share=_total("reclaimable_share", t),
-        saving=saving,
-        price=price,
-        exact=_total("exact_duplicates", t),
-        near=_total("near_duplicates", t),
-        review_groups=_total("review_groups", t),
-        review_images=_total("review_images", t),
-        review_bytes=_total("review_bytes", t),
-        unreadable=_total("unreadable", t),
-        skipped=_total("skipped", t),
-        files=_total("files", t),
+        **{name: _total(name, t) for name in _PAGE_TOTALS},
+        saving=_range("monthly_saving", t, " &ndash; ", single=one_price),
+        price=_range("price_per_gb_month", t, "&ndash;", single=one_price),
         chart=size_chart(report["cluster_sizes"]),
         register=register_html,
         gb=GB,
@@ -473,7 +459,7 @@ _PAGE = """<!DOCTYPE html>
 <div class="sub">at {price} per GB-month</div></div>
 <div class="card"><div class="label">Images</div>{images}<div class="sub">{bytes} stored</div></div>
 <div class="card"><div class="label">Duplicates</div>{duplicates}
-<div class="sub">{duplicate_share} of the images &middot; {exact} exact, {near} near</div></div>
+<div class="sub">{duplicate_share} of the images &middot; {exact_duplicates} exact, {near_duplicates} near</div></div>
 <div class="card"><div class="label">Clusters</div>{clusters}<div class="sub">a keeper and its duplicates each</div></div>
 <div class="card"><div class="label">Review band</div>{review_images}
 <div class="sub">in {review_groups} groups &middot; {review_bytes}, not counted</div></div>

@@ -1,9 +1,6 @@
-"""Progress output: a redrawn bar on a terminal, plain periodic lines otherwise.
-
-On a terminal (stderr is a TTY) one line is redrawn in place at most 10 times a second:
-count, percentage, bar, rate and ETA. Anywhere else (CI logs, `nohup`, a pipe) a plain
-line is printed every `interval` seconds and once at the end, so logs stay readable.
-The rate is measured over the last few seconds, so the ETA follows the current speed.
+"""Progress output: on a terminal one line redrawn in place (count, percentage, bar, rate,
+ETA); elsewhere (CI logs, `nohup`, a pipe) a plain line every `interval` seconds and one
+at the end. The rate covers the last few seconds, so the ETA follows the current speed.
 """
 
 from __future__ import annotations
@@ -122,3 +119,19 @@ class Progress:
             self.stream.write(f"imgdedup scan: {summary}\n")
         self.stream.flush()
         return elapsed
+
+
+class Console:
+    """Where a scan talks: one-line messages and progress bars, on one stream."""
+
+    def __init__(self, stream: TextIO, *, tty: bool | None = None, interval: float = 10.0) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.interval = interval
+
+    def say(self, text: str) -> None:
+        self.stream.write(f"imgdedup scan: {text}\n")
+        self.stream.flush()
+
+    def progress(self, label: str, total: int | None, unit: str = "images") -> Progress:
+        return Progress(label, total, stream=self.stream, tty=self.tty, interval=self.interval, unit=unit)

@@ -1,9 +1,7 @@
 """The scan's results as data (clusters.json), a flat table (clusters.csv) and a page
-(report.html, rendered from the very same data, see `html.py`).
-
-Units: storage is billed per GB-month with 1 GB = 2^30 bytes, so every GB here is 2^30.
-Reclaimable bytes are the bytes of the duplicates (never of keepers, never of the review
-band), each stored file counted once (two paths of one file free nothing twice).
+(report.html, rendered from the same data by `html.py`). A GB is 2^30 bytes, as storage
+is billed; reclaimable bytes are the duplicates' (never keepers', never the review
+band's), each stored file counted once.
 """
 
 from __future__ import annotations

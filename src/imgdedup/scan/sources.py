@@ -1,13 +1,7 @@
-"""Where a scan reads images from: a local folder (recursive), a text file of http(s)
-URLs, or an S3 bucket/prefix.
-
-Listing runs in the parent process. Reading happens where it is cheapest: folder files
-and S3 objects are read inside the hashing workers (the bytes never cross a process
-pipe), URLs are downloaded by the parent with the service's SSRF-guarded `UrlFetcher`
-and handed to the workers.
-
-Every item carries a *version* (mtime in ns for files, the ETag for S3 objects) so a
-resumed scan re-hashes exactly the items that changed since they were checkpointed.
+"""Where a scan reads images from: a folder (recursive), a text file of http(s) URLs, or
+an S3 bucket/prefix. Listing runs in the scan process; folder files and S3 objects are
+read inside the workers (the bytes never cross a process pipe), URLs are downloaded by
+the scan process (`downloads.py`).
 """
 
 from __future__ import annotations

@@ -8,42 +8,26 @@ its own, so it follows the service whenever the hashing changes. Work arrives in
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 
 from PIL import Image, ImageOps
 
 from imgdedup.errors import InputError
 from imgdedup.fingerprint import Fingerprint, ImageLimits, fingerprint
+from imgdedup.process_pool import prepare_worker
 from imgdedup.scan.checkpoint import encode_fingerprint
 from imgdedup.scan.sources import ReadError, SourceSpec, read_item
 
 
 def init_worker(environment: dict[str, str]) -> None:
-    """Worker start. Ctrl-C is the parent's business (a terminal sends SIGINT to the whole
-    process group; the parent drains and checkpoints). `environment` carries the parent's
-    AWS_* variables: forkserver workers inherit the environment of the fork server, which
-    may have started before they were set.
-
-    A pool worker holds both ends of its own task pipe, so it would wait forever for work
-    if the scan were killed (SIGKILL, OOM killer); a watchdog thread ends it as soon as
-    the scan process is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Worker start: the shared worker set-up, plus the parent's AWS_* variables
+    (`environment`): forkserver workers inherit the environment of the fork server,
+    which may have started before they were set."""
+    prepare_worker()
     os.environ.update(environment)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="parent-watchdog", daemon=True).start()
-
-
-def _exit_with(sentinel: int) -> None:
-    wait([sentinel])
-    os._exit(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +132,7 @@ def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
     elif image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     # Shrink first, flatten after: Pillow resamples RGBA with premultiplied alpha, so
-    # this equals flattening at full size, on a hundredth of the pixels.
+    # this equals flattening at full size, on far fewer pixels.
     image.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     if transparent:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
