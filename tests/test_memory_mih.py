@@ -1,4 +1,4 @@
-"""The in-process multi-index table (`service.index.mih_table`) against a brute-force scan.
+"""The in-process multi-index table (`imgdedup.index.mih_table`) against a brute-force scan.
 
 Every structure state is exercised: flat only, indexed with a tail, merged tails, full
 rebuilds with a new m, tombstones, compaction; direct bucket offsets and the sorted-key

