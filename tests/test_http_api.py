@@ -23,14 +23,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from helpers import SAMPLES_DIR
 from PIL import Image, ImageEnhance
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgdedup.adapters.http_api import METRICS_CONTENT_TYPE, create_http_app
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.decisions.rules import Policy
-from imgdedup.errors import ContentionError
+from imgdedup.errors import ContentionError, IndexUnavailable
 from imgdedup.fingerprint.hashing import ImageLimits, hamming
 from imgdedup.hasher import Hasher, HashingCrashed
 from imgdedup.index.interface import DedupIndex
@@ -704,10 +702,10 @@ class FailingIndex(MemoryIndex):
     "exc",
     [
         ContentionError("lost the race 64 times"),
-        RedisConnectionError("Error 111 connecting to redis"),
-        RedisTimeoutError("Timeout reading from redis"),
+        IndexUnavailable("Redis: ConnectionError: Error 111 connecting to redis"),
+        IndexUnavailable("Redis: TimeoutError: Timeout reading from redis"),
     ],
-    ids=lambda e: type(e).__name__,
+    ids=["contention", "redis-connection", "redis-timeout"],
 )
 async def test_transient_failures_are_503_with_retry_after(
     make_client: Callable[..., Awaitable[TestClient]],

@@ -21,9 +21,9 @@ from imgdedup.decisions.rules import (
     check,
     decide,
 )
-from imgdedup.errors import InvalidIdentifier
+from imgdedup.errors import ImageIdConflict, InvalidIdentifier
 from imgdedup.fingerprint.hashing import Fingerprint
-from imgdedup.records import ImageIdConflict, ImageRecord, Registration
+from imgdedup.records import ImageRecord, Registration
 
 POLICY = Policy(duplicate_radius=8, review_radius=12)
 RADIUS = POLICY.review_radius

@@ -22,6 +22,7 @@ from imgdedup.adapters.kafka_consumer import UploadConsumer
 from imgdedup.adapters.url_fetch import UrlFetcher
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
+from imgdedup.errors import StartupError
 from imgdedup.hasher import Hasher
 from imgdedup.index.interface import DedupIndex
 from imgdedup.index.memory import MemoryIndex
@@ -29,10 +30,6 @@ from imgdedup.index.redis.index import RedisMihIndex
 from imgdedup.metrics import Metrics
 
 log = logging.getLogger("imgdedup.app")
-
-
-class StartupError(RuntimeError):
-    """A dependency is unreachable at start; the message says which and how to fix it."""
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:

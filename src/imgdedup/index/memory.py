@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from imgdedup.decisions.rules import Lookup
 from imgdedup.fingerprint.hashing import Fingerprint
-from imgdedup.index.interface import DecideFn, candidates_from
+from imgdedup.index.interface import DecideFn, candidates_from, replay
 from imgdedup.index.mih_table import MihTable
-from imgdedup.records import ImageIdConflict, ImageRecord, Registration, validate_image_id, validate_namespace
+from imgdedup.records import ImageRecord, Registration, validate_image_id, validate_namespace
 
 
 @dataclass
@@ -79,12 +79,7 @@ class MemoryIndex:
         async with ns.lock:
             stored = ns.records.get(image_id)
             if stored is not None:
-                if stored.sha256 != fingerprint.sha256_hex:
-                    raise ImageIdConflict(
-                        f"image_id {image_id!r} is already registered with different bytes "
-                        f"(sha256 {stored.sha256[:16]}...)"
-                    )
-                return Registration(stored, replayed=True)
+                return replay(stored, fingerprint)
             decision = decide(ns.lookup(fingerprint, radius))
             seq = ns.next_seq
             ns.next_seq += 1

@@ -58,10 +58,11 @@ from redis.exceptions import WatchError
 from imgdedup.decisions.rules import Candidate, Lookup, MatchKind, sort_candidates
 from imgdedup.errors import ContentionError, IndexMismatch
 from imgdedup.fingerprint.hashing import HASH_ALGORITHM, Fingerprint
-from imgdedup.index.interface import DecideFn
+from imgdedup.index.interface import DecideFn, replay
 from imgdedup.index.mih import nearest_per_seq, probes, split_code, unpack_records
+from imgdedup.index.redis.errors import maps_redis_errors
 from imgdedup.index.redis.mirror import RedisMirror
-from imgdedup.records import ImageIdConflict, ImageRecord, Registration, validate_image_id, validate_namespace
+from imgdedup.records import ImageRecord, Registration, validate_image_id, validate_namespace
 
 # The INSERT_PENDING step, in two layouts that share their first four KEYS and ARGV:
 # KEYS rec, seq, state, meta; ARGV lease_ms, sha, image_id, the meta the caller read.
@@ -277,6 +278,7 @@ class RedisMihIndex:
         return owned
 
     # --- namespace parameters ----------------------------------------------------------
+    @maps_redis_errors
     async def substrings(self, namespace: str, *, create: bool = True) -> int:
         """m for this namespace: fixed by whoever created it, so all replicas agree.
         Reads pass create=False: asking about an unknown namespace must not create it."""
@@ -374,10 +376,12 @@ class RedisMihIndex:
             [_candidate(seq, near[seq], st, fingerprint.sha256_hex, thumbs.get(seq, b"")) for seq, st in kept.items()]
         )
 
+    @maps_redis_errors
     async def lookup(self, namespace: str, fingerprint: Fingerprint, *, radius: int) -> Lookup:
         validate_namespace(namespace)
         return Lookup(await self._kept_candidates(namespace, fingerprint, radius))
 
+    @maps_redis_errors
     async def query(self, namespace: str, code: int, *, radius: int) -> list[tuple[str, int]]:
         validate_namespace(namespace)
         m = await self.substrings(namespace, create=False)
@@ -388,11 +392,13 @@ class RedisMihIndex:
             key=lambda pair: (pair[1], pair[0]),
         )
 
+    @maps_redis_errors
     async def get(self, namespace: str, image_id: str) -> ImageRecord | None:
         validate_namespace(namespace)
         raw = await self._redis.get(self._key(namespace, f"rec:{image_id}"))
         return ImageRecord.from_json(raw) if raw else None
 
+    @maps_redis_errors
     async def duplicates_of(self, namespace: str, image_id: str) -> list[ImageRecord]:
         validate_namespace(namespace)
         ids = await self._redis.zrange(self._key(namespace, f"dups:{image_id}"), 0, -1)
@@ -402,6 +408,7 @@ class RedisMihIndex:
         return [ImageRecord.from_json(raw) for raw in raws if raw]
 
     # --- writes ------------------------------------------------------------------------
+    @maps_redis_errors
     async def register(
         self,
         namespace: str,
@@ -449,7 +456,7 @@ class RedisMihIndex:
             self._forget_layout(namespace)
             raise _Restart()
         if int(result[0]) == 0:
-            return _replay(ImageRecord.from_json(result[1]), fp, image_id)
+            return replay(ImageRecord.from_json(result[1]), fp)
         seq, payload, now_ms = int(result[0]), result[1], int(result[2])
         upto = result[3] if len(result) > 3 else None  # mirror namespaces: our log entry
         clock = _RedisClock(now_ms)
@@ -470,7 +477,7 @@ class RedisMihIndex:
                     stored = await self.get(namespace, image_id)
                     if stored is not None:
                         await self._abandon_own(namespace, seq, payload, own)
-                        return _replay(stored, fp, image_id)
+                        return replay(stored, fp)
             kept = {s: st for s, st in states.items() if st.kept and st.image_id != image_id}
             thumbs = await self._thumbnails(namespace, kept) if fp.thumbnail else {}
             candidates = sort_candidates(
@@ -506,7 +513,7 @@ class RedisMihIndex:
             stored = await self.get(namespace, image_id)
             if stored is None:
                 raise _Restart()
-            return _replay(stored, fp, image_id)
+            return replay(stored, fp)
         if not record.kept:
             await self._strip(namespace, own, seq)
         return Registration(record, replayed=False)
@@ -591,6 +598,7 @@ class RedisMihIndex:
             ],
         )
 
+    @maps_redis_errors
     async def remove(self, namespace: str, image_id: str) -> bool:
         validate_namespace(namespace)
         m = await self.substrings(namespace, create=False)
@@ -630,13 +638,16 @@ class RedisMihIndex:
         return True
 
     # --- lifecycle ---------------------------------------------------------------------
+    @maps_redis_errors
     async def ping(self) -> None:
         await self._redis.ping()
 
+    @maps_redis_errors
     async def close(self) -> None:
         self.mirror.clear()
         await self._redis.aclose()
 
+    @maps_redis_errors
     async def drop_namespace(self, namespace: str, batch: int = 1000) -> int:
         """Delete every key of a namespace with SCAN (never KEYS). For tests and tooling."""
         validate_namespace(namespace)
@@ -690,15 +701,6 @@ def _candidate(seq: int, distance: int, state: _State, sha256_hex: str, thumbnai
     return Candidate(
         state.image_id, seq, 0 if exact else distance, MatchKind.EXACT if exact else MatchKind.NEAR, thumbnail
     )
-
-
-def _replay(stored: ImageRecord, fingerprint: Fingerprint, image_id: str) -> Registration:
-    if stored.sha256 != fingerprint.sha256_hex:
-        raise ImageIdConflict(
-            f"image_id {image_id!r} is already registered with different bytes "
-            f"(sha256 {stored.sha256[:16]}...)"
-        )
-    return Registration(stored, replayed=True)
 
 
 async def _batched(iterator: Any, size: int) -> Any:
