@@ -38,10 +38,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_redis_server(binary: str) -> tuple[subprocess.Popen, str]:
+def _start_redis_server(binary: str, *options: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     process = subprocess.Popen(
-        [binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"],
+        [binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1", *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -82,6 +82,27 @@ def redis_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[Callable[..., tuple[subprocess.Popen, str]]]:
+    """Factory: start a redis-server of this test's own (extra command-line options
+    allowed) -> (process, url). Every one started is stopped afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is needed for this test (.ci/run installs it)")
+    started: list[subprocess.Popen] = []
+
+    def start(*options: str) -> tuple[subprocess.Popen, str]:
+        process, url = _start_redis_server(binary, *options)
+        started.append(process)
+        return process, url
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 @pytest.fixture

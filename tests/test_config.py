@@ -326,7 +326,7 @@ def test_substring_count_too_small_for_the_radius_is_refused():
 
 def test_tls_files_are_checked_and_reach_the_clients(tmp_path):
     from imgdedup.adapters.kafka_clients import connection_options
-    from imgdedup.app import redis_client
+    from imgdedup.index.redis.client import redis_client
 
     problems = problems_of(kafka_ssl_certfile=str(tmp_path / "c.pem"))
     assert any("KAFKA_SSL_CERTFILE and IMGDEDUP_KAFKA_SSL_KEYFILE go together" in p for p in problems)

@@ -702,8 +702,8 @@ class FailingIndex(MemoryIndex):
     "exc",
     [
         ContentionError("lost the race 64 times"),
-        IndexUnavailable("Redis: ConnectionError: Error 111 connecting to redis"),
-        IndexUnavailable("Redis: TimeoutError: Timeout reading from redis"),
+        IndexUnavailable("ConnectionError: Error 111 connecting to redis"),
+        IndexUnavailable("TimeoutError: Timeout reading from redis"),
     ],
     ids=["contention", "redis-connection", "redis-timeout"],
 )

@@ -340,8 +340,8 @@ async def test_mirror_of_an_unknown_namespace_is_empty_and_creates_nothing(redis
 
 
 async def test_the_setting_reaches_the_index(redis_url, redis_prefix, redis_index: RedisMihIndex) -> None:
-    from imgdedup.app import open_index
     from imgdedup.config import Settings
+    from imgdedup.index import open_index
 
     index = await open_index(Settings(redis_url=redis_url, redis_prefix=redis_prefix, redis_mirror=True))
     try:

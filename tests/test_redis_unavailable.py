@@ -12,8 +12,10 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from helpers import make_fingerprint
 
+from imgdedup.config import Settings
 from imgdedup.decisions.rules import Policy, decide
 from imgdedup.errors import IndexUnavailable, TransientError
+from imgdedup.index import open_index
 from imgdedup.index.redis.index import RedisMihIndex
 
 pytestmark = pytest.mark.integration
@@ -54,5 +56,37 @@ async def test_unreachable_redis_is_index_unavailable(mirror: bool) -> None:
                 await operation()
             assert isinstance(raised.value, TransientError), name
             assert isinstance(raised.value.__cause__, redis.exceptions.ConnectionError), name
+    finally:
+        await index.close()
+
+
+async def test_redis_killed_under_a_running_index_is_index_unavailable(private_redis) -> None:
+    """The service's own client (with its reconnect retries) over a server that dies."""
+    process, url = private_redis()
+    index = await open_index(Settings(redis_url=url, redis_prefix="imgdedup-test-killed"))
+    try:
+        fp = make_fingerprint(0x0F0F0F0F0F0F0F0F, b"before")
+        assert not (await index.register("before", "a", fp, DECIDE, radius=12)).replayed
+        process.terminate()
+        process.wait(timeout=10)
+        operations = every_operation(index)
+        for name in ("register", "lookup", "get"):
+            with pytest.raises(IndexUnavailable) as raised:
+                await operations[name]()
+            assert isinstance(raised.value.__cause__, redis.exceptions.ConnectionError), name
+    finally:
+        await index.close()
+
+
+async def test_read_only_replica_is_index_unavailable(private_redis) -> None:
+    """Writes to a replica (e.g. a client still pointed at a demoted master during a
+    failover) are refused for now, not for good."""
+    _process, url = private_redis("--replicaof", "127.0.0.1", str(closed_port()))
+    client = aioredis.Redis.from_url(url)
+    index = RedisMihIndex(client, prefix="imgdedup-test-read-only")
+    try:
+        with pytest.raises(IndexUnavailable) as raised:
+            await index.register(NS, "a", make_fingerprint(1, b"a"), DECIDE, radius=12)
+        assert isinstance(raised.value.__cause__, redis.exceptions.ReadOnlyError)
     finally:
         await index.close()

@@ -522,7 +522,8 @@ class _Scan:
         return thumbs
 
     async def register(self) -> dict[str, Any]:
-        from imgdedup.app import StartupError, open_index
+        from imgdedup.errors import StartupError
+        from imgdedup.index import open_index
 
         started = time.perf_counter()
         index = self.register_index

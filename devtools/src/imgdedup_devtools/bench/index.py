@@ -376,7 +376,7 @@ def hiredis_available() -> bool:
 
 async def mget_by_parser(args: argparse.Namespace, keys: list[list[str]]) -> dict[str, Any]:
     """The same MGETs through redis-py's pure-Python reply parser and through hiredis."""
-    from imgdedup.app import redis_client
+    from imgdedup.index.redis.client import redis_client
 
     out: dict[str, Any] = {}
     for which in ("python", "hiredis"):
@@ -417,7 +417,7 @@ async def measure_mih(
     expected: dict[int, list[list[tuple[str, int]]]],
     slowlog: SlowlogProbe,
 ) -> dict[str, Any]:
-    from imgdedup.app import redis_client
+    from imgdedup.index.redis.client import redis_client
     from imgdedup.index.redis.index import RedisMihIndex
 
     n = len(ds.codes)
@@ -516,7 +516,7 @@ async def measure_mirror(
     slowlog: SlowlogProbe,
 ) -> dict[str, Any]:
     """The mirror layout: Redis log + state, a cold replica's table load, then query()."""
-    from imgdedup.app import redis_client
+    from imgdedup.index.redis.client import redis_client
     from imgdedup.index.redis.index import RedisMihIndex
 
     n = len(ds.codes)

@@ -34,7 +34,7 @@ def unavailable_on_redis_errors() -> Iterator[None]:
     try:
         yield
     except UNAVAILABLE as exc:
-        raise IndexUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
+        raise IndexUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 def maps_redis_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
