@@ -61,7 +61,7 @@ async def compare(url: str, prefix: str, codes: np.ndarray, m: int, queries: lis
             started = time.perf_counter()
             for query in queries:
                 if mode == "mget":
-                    keys = index._probe_keys(namespace, (query,), RADIUS, m)
+                    keys = index.keys.probe_keys(namespace, (query,), RADIUS, m)
                     blob = b"".join(b for b in await client.mget(keys) if b)
                 else:
                     args: list[object] = [base + "b", m]

@@ -474,7 +474,7 @@ async def measure_mih(
             per_radius[str(r)] = await measure_radius(index, client, sync_client, namespace, ds, queries, r, m, args)
         conc = await measure_concurrent(index, namespace, queries, args.radius, args.concurrency)
         sub = queries[: args.breakdown_queries]
-        out["mget_by_parser"] = await mget_by_parser(args, [index._probe_keys(namespace, (q,), args.radius, m) for q in sub])
+        out["mget_by_parser"] = await mget_by_parser(args, [index.keys.probe_keys(namespace, (q,), args.radius, m) for q in sub])
         parsers = out["mget_by_parser"]
         print(f"    MGET alone at r={args.radius} by reply parser: "
               + ", ".join(f"{k} {fmt_lat(v) if isinstance(v, dict) else v}" for k, v in parsers.items()), flush=True)
@@ -724,7 +724,7 @@ async def measure_radius(
     before = command_stats(sync_client)
     for q in sub:
         t0 = time.perf_counter()
-        keys = index._probe_keys(namespace, (q,), r, m)
+        keys = index.keys.probe_keys(namespace, (q,), r, m)
         t1 = time.perf_counter()
         values = await client.mget(keys)
         t2 = time.perf_counter()
