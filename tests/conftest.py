@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.index.redis.index import RedisMihIndex
+from imgdedup.index.redis.keys import delete_prefix
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TEST_SUBSTRINGS = 4
@@ -111,17 +112,6 @@ def redis_prefix() -> str:
     return f"imgdedup-test-{uuid4().hex[:12]}"
 
 
-async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
-    batch: list[bytes] = []
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await client.unlink(*batch)
-            batch = []
-    if batch:
-        await client.unlink(*batch)
-
-
 @pytest.fixture
 def redis_mirror() -> bool:
     """Layout of the namespaces the Redis fixtures create: False = buckets, True = the
@@ -138,7 +128,7 @@ async def _index_over(redis_url: str, prefix: str, mirror: bool) -> AsyncIterato
         yield RedisMihIndex(client, prefix=prefix, substrings=TEST_SUBSTRINGS, mirror=mirror)
     finally:
         try:
-            await _delete_prefix(client, prefix)
+            await delete_prefix(client, prefix)
         finally:
             await client.aclose()
 

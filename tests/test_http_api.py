@@ -34,6 +34,7 @@ from imgdedup.hasher import Hasher, HashingCrashed
 from imgdedup.index.interface import DedupIndex
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.index.redis.index import RedisMihIndex
+from imgdedup.index.redis.keys import delete_prefix
 from imgdedup.metrics import Metrics
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -119,9 +120,7 @@ async def index(request: pytest.FixtureRequest) -> AsyncIterator[DedupIndex]:
     try:
         yield RedisMihIndex(client, prefix=prefix)
     finally:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.unlink(*keys[start : start + 500])
+        await delete_prefix(client, prefix)
         await client.aclose()
 
 

@@ -208,7 +208,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 print(f"service log: {log_path}", file=sys.stderr)
         if args.index == "redis":
-            deleted = delete_prefix(args.redis_url, prefix)
+            deleted = await delete_prefix(args.redis_url, prefix)
             print(f"cleaned up: {deleted} Redis keys under {prefix}", flush=True)
     return result
 

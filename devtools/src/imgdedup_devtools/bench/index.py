@@ -49,7 +49,7 @@ from imgdedup_devtools.bench import bulkload
 from imgdedup_devtools.bench.common import (
     DEFAULT_REDIS_URL,
     bench_prefix,
-    delete_prefix_sync,
+    delete_prefix,
     fmt_lat,
     latency_summary,
     parse_int_list,
@@ -490,7 +490,7 @@ async def measure_mih(
         await client.aclose()
         started = time.perf_counter()
         bulkload.delete_buckets(sync_client, prefix, namespace, stats)
-        delete_prefix_sync(sync_client, f"{prefix}:{{{namespace}}}")
+        await delete_prefix(args.redis_url, f"{prefix}:{{{namespace}}}")
         out["free_seconds"] = round(time.perf_counter() - started, 2)
     return out
 
@@ -585,7 +585,7 @@ async def measure_mirror(
         await index.close()
         del index
         started = time.perf_counter()
-        delete_prefix_sync(sync_client, f"{prefix}:{{{namespace}}}")
+        await delete_prefix(args.redis_url, f"{prefix}:{{{namespace}}}")
         out["free_seconds"] = round(time.perf_counter() - started, 2)
     return out
 
@@ -963,7 +963,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     results.append(await bench_dataset(ds, args, sync_client, prefix, radii, slowlog))
                     del ds
     finally:
-        leftover = delete_prefix_sync(sync_client, prefix)
+        leftover = await delete_prefix(args.redis_url, prefix)
         sync_client.close()
         print(f"\ncleaned up: prefix {prefix} swept ({leftover} leftover keys unlinked)")
     summary_table(results, args.radius)

@@ -497,7 +497,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.workdir and result.get("checks", {}).get("ok") and all(code == 0 for code in result.get("replica_exit_codes", [])):
             shutil.rmtree(logdir, ignore_errors=True)  # replica logs are kept only when something failed
         if args.index == "redis":
-            deleted = delete_prefix(args.redis_url, prefix)
+            deleted = await delete_prefix(args.redis_url, prefix)
             print(f"cleaned up: {deleted} Redis keys under {prefix}", flush=True)
         if broker is not None:
             broker.stop()
