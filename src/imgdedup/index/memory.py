@@ -1,12 +1,8 @@
-"""In-process index, the embedded default when no Redis is configured.
+"""In-process index, the embedded default when no Redis is configured; lost on exit.
 
-Codes live in a numpy multi-index hash table (`mih_table.MihTable`): a flat popcount scan
-per query made registering an estate one image at a time (`imgdedup scan`) quadratic,
-while MIH probes a few thousand buckets whatever the size. Small namespaces (under ~30k
-codes) are still scanned flat, which is faster there. Everything lives in this process
-and is lost on exit. Atomicity: `register` does its lookup and insert under a
-per-namespace asyncio lock with no await in between, so it is trivially first-wins within
-the process (the only place this backend is shared).
+Codes live in a multi-index hash table per namespace (`mih_table.MihTable`). `register`
+looks up and inserts under a per-namespace lock with no await in between, so it is
+first-wins within the process (the only place this backend is shared).
 """
 
 from __future__ import annotations
