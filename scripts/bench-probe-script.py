@@ -22,6 +22,7 @@ import numpy as np
 import redis
 import redis.asyncio as aioredis
 from imgdedup_devtools.bench.bulkload import key_base, load_buckets, write_meta
+from imgdedup_devtools.bench.common import delete_prefix
 
 from imgdedup.index.mih import nearest_per_seq, probe_radii, split_code, substring_widths, unpack_records
 from imgdedup.index.redis.index import RedisMihIndex
@@ -61,7 +62,7 @@ async def compare(url: str, prefix: str, codes: np.ndarray, m: int, queries: lis
             started = time.perf_counter()
             for query in queries:
                 if mode == "mget":
-                    keys = index._probe_keys(namespace, (query,), RADIUS, m)
+                    keys = index.keys.probe_keys(namespace, (query,), RADIUS, m)
                     blob = b"".join(b for b in await client.mget(keys) if b)
                 else:
                     args: list[object] = [base + "b", m]
@@ -96,9 +97,7 @@ def main() -> None:
                   f"(server {f['mget_server_us']:.0f} us)  Lua expansion {f['lua_query_ms']:.2f} ms/query "
                   f"(server {f['lua_server_us']:.0f} us)")
     finally:
-        keys = list(sync.scan_iter(match=f"{prefix}:*", count=10_000))
-        for start in range(0, len(keys), 5000):
-            sync.unlink(*keys[start : start + 5000])
+        asyncio.run(delete_prefix(url, prefix))
     version = sync.info("server")["redis_version"]
     print(json.dumps({"bench": "probe-script", "redis_version": version, "n": n, "radius": RADIUS, "by_m": figures}))
 

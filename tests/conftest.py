@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.index.redis.index import RedisMihIndex
+from imgdedup.index.redis.keys import delete_prefix
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TEST_SUBSTRINGS = 4
@@ -38,10 +39,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_redis_server(binary: str) -> tuple[subprocess.Popen, str]:
+def _start_redis_server(binary: str, *options: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     process = subprocess.Popen(
-        [binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"],
+        [binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1", *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -85,20 +86,30 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def private_redis() -> Iterator[Callable[..., tuple[subprocess.Popen, str]]]:
+    """Factory: start a redis-server of this test's own (extra command-line options
+    allowed) -> (process, url). Every one started is stopped afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is needed for this test (.ci/run installs it)")
+    started: list[subprocess.Popen] = []
+
+    def start(*options: str) -> tuple[subprocess.Popen, str]:
+        process, url = _start_redis_server(binary, *options)
+        started.append(process)
+        return process, url
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
 def redis_prefix() -> str:
     """A key prefix unique to one test, so tests never see each other's keys."""
     return f"imgdedup-test-{uuid4().hex[:12]}"
-
-
-async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
-    batch: list[bytes] = []
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await client.unlink(*batch)
-            batch = []
-    if batch:
-        await client.unlink(*batch)
 
 
 @pytest.fixture
@@ -117,7 +128,7 @@ async def _index_over(redis_url: str, prefix: str, mirror: bool) -> AsyncIterato
         yield RedisMihIndex(client, prefix=prefix, substrings=TEST_SUBSTRINGS, mirror=mirror)
     finally:
         try:
-            await _delete_prefix(client, prefix)
+            await delete_prefix(client, prefix)
         finally:
             await client.aclose()
 

@@ -337,7 +337,7 @@ def test_every_tls_file_is_checked_and_each_certificate_needs_its_key(tmp_path):
 
 def test_tls_files_are_checked_and_reach_the_clients(tmp_path):
     from imgdedup.adapters.kafka_clients import connection_options
-    from imgdedup.app import redis_client
+    from imgdedup.index.redis.client import redis_client
 
     problems = problems_of(kafka_ssl_certfile=str(tmp_path / "c.pem"))
     assert any("KAFKA_SSL_CERTFILE and IMGDEDUP_KAFKA_SSL_KEYFILE go together" in p for p in problems)

@@ -653,7 +653,7 @@ def test_overlay_redis_tls_options_reach_the_redis_client() -> None:
     connection settings (nothing is connected)."""
     from redis.asyncio.connection import SSLConnection
 
-    from imgdedup.app import redis_client
+    from imgdedup.index.redis.client import redis_client
 
     settings = k8s_settings("overlay")
     client = redis_client(settings)

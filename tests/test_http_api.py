@@ -23,8 +23,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from helpers import SAMPLES_DIR
 from PIL import Image, ImageEnhance
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgdedup.adapters.decision_view import DecisionView
 from imgdedup.adapters.events import decision_from_record, decode_decision, encode_decision
@@ -32,12 +30,13 @@ from imgdedup.adapters.http_api import METRICS_CONTENT_TYPE, create_http_app
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.decisions.rules import Policy
-from imgdedup.errors import ContentionError
+from imgdedup.errors import ContentionError, IndexUnavailable
 from imgdedup.fingerprint import ImageLimits, hamming
 from imgdedup.hasher import Hasher, HashingCrashed
 from imgdedup.index.interface import DedupIndex
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.index.redis.index import RedisMihIndex
+from imgdedup.index.redis.keys import delete_prefix
 from imgdedup.metrics import Metrics
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -129,9 +128,7 @@ async def index(request: pytest.FixtureRequest) -> AsyncIterator[DedupIndex]:
     try:
         yield RedisMihIndex(client, prefix=prefix)
     finally:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.unlink(*keys[start : start + 500])
+        await delete_prefix(client, prefix)
         await client.aclose()
 
 
@@ -733,10 +730,10 @@ class FailingIndex(MemoryIndex):
     "exc",
     [
         ContentionError("lost the race 64 times"),
-        RedisConnectionError("Error 111 connecting to redis"),
-        RedisTimeoutError("Timeout reading from redis"),
+        IndexUnavailable("ConnectionError: Error 111 connecting to redis"),
+        IndexUnavailable("TimeoutError: Timeout reading from redis"),
     ],
-    ids=lambda e: type(e).__name__,
+    ids=["contention", "redis-connection", "redis-timeout"],
 )
 async def test_transient_failures_are_503_with_retry_after(
     make_client: Callable[..., Awaitable[TestClient]],

@@ -12,9 +12,9 @@ import pytest
 from helpers import POLICY, flip_bits, hamming, make_fingerprint, random_code
 
 from imgdedup.decisions.rules import CheckVerdict, Decision, Lookup, MatchKind, Verdict, check, decide
-from imgdedup.errors import InvalidIdentifier
+from imgdedup.errors import ImageIdConflict, InvalidIdentifier
 from imgdedup.fingerprint import Fingerprint
-from imgdedup.records import ImageIdConflict, ImageRecord, Registration
+from imgdedup.records import ImageRecord, Registration
 
 RADIUS = POLICY.review_radius
 decide_real = functools.partial(decide, policy=POLICY)

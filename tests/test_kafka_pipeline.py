@@ -30,6 +30,7 @@ from imgdedup.adapters.events import UploadEvent, decode_decision, encode_upload
 from imgdedup.adapters.kafka_clients import ensure_topics
 from imgdedup.app import Service
 from imgdedup.config import Settings
+from imgdedup.index.redis.keys import delete_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -77,9 +78,7 @@ async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
     env.update({f"IMGDEDUP_{k.upper()}": str(v) for k, v in values.items()})
     yield Stack(settings, env)
     client = aioredis.Redis.from_url(redis_url)
-    keys = [k async for k in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000)]
-    for start in range(0, len(keys), 500):
-        await client.unlink(*keys[start : start + 500])
+    await delete_prefix(client, settings.redis_prefix)
     await client.aclose()
 
 

@@ -40,18 +40,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 async def insert_pending(index: RedisMihIndex, image_id: str, fingerprint, lease_ms: int) -> int:
     """What a registrar does before it crashes: seq taken, codes in the buckets (or the
     namespace's log), pending."""
-    m = await index.substrings(NS)
-    head = [index._key(NS, f"rec:{image_id}"), index._key(NS, "seq"), index._key(NS, "state")]
-    args = [lease_ms, fingerprint.sha256_hex, image_id]
-    meta_key, meta = index._key(NS, "meta"), index._meta_raw[NS]
-    if NS in index._log_meta:
-        codes = np.array(fingerprint.codes, dtype="<u8").tobytes()
-        result = await index._insert_log(keys=[*head, meta_key, index._key(NS, "log")], args=[*args, meta, codes])
-    else:
-        own = index._own_buckets(NS, fingerprint.codes, m)
-        packed = [np.array(codes, dtype="<u8").tobytes() for codes in own.values()]
-        result = await index._insert(keys=[*head, meta_key, *own], args=[*args, meta, *packed])
+    meta = await index._namespaces.meta(NS, create=True)
+    result = await index._layout(meta).insert_pending(
+        NS, meta, image_id, fingerprint.sha256_hex, fingerprint.codes, lease_ms
+    )
     return int(result[0])
+
+
+def logged(index: RedisMihIndex) -> bool:
+    """Whether the namespace has the log layout (as the index last read it)."""
+    meta = index._namespaces.cached(NS)
+    return meta is not None and meta.logged
 
 
 async def test_crashed_registrar_blocks_only_until_its_lease_expires(redis_index: RedisMihIndex) -> None:
@@ -97,10 +96,10 @@ async def test_later_registrar_waits_for_earlier_pending_near_duplicate(redis_in
     from imgdedup.records import ImageRecord
 
     record = ImageRecord.build(NS, "early", early, Decision(Verdict.ACCEPTED), seq, None)
-    payload = (await redis_index._redis.hget(redis_index._key(NS, "state"), str(seq)))
+    payload = (await redis_index._redis.hget(redis_index.keys.key(NS, "state"), str(seq)))
     outcome = await redis_index._finalize(
-        keys=[redis_index._key(NS, "state"), redis_index._key(NS, "rec:early"), redis_index._key(NS, "rec:early"),
-              redis_index._key(NS, f"sha:{early.sha256_hex}")],
+        keys=[redis_index.keys.key(NS, "state"), redis_index.keys.key(NS, "rec:early"), redis_index.keys.key(NS, "rec:early"),
+              redis_index.keys.key(NS, f"sha:{early.sha256_hex}")],
         args=[seq, payload, f"K|{early.sha256_hex}|early", record.to_json(), "early", "0", ""],
     )
     assert int(outcome) == 1
@@ -172,10 +171,10 @@ async def test_same_image_id_registered_concurrently_is_decided_once(redis_index
     assert await redis_index.query(NS, fp.codes[0], radius=0) == [("img", 0)]
     # No leftovers: exactly one record of the image in its own buckets (or live in the log).
     m = await redis_index.substrings(NS)
-    if NS in redis_index._log_meta:
+    if logged(redis_index):
         assert await _log_records(redis_index) == {(fp.codes[0], results[0].record.seq)}
     else:
-        for key in redis_index._own_buckets(NS, fp.codes, m):
+        for key in redis_index.keys.own_buckets(NS, fp.codes, m):
             assert len(await redis_index._redis.get(key)) == 12
 
 
@@ -229,14 +228,14 @@ async def test_waiter_renews_its_lease_while_waiting(
     try:
         for _ in range(15):
             await asyncio.sleep(0.1)
-            for raw in (await redis_index._redis.hgetall(redis_index._key(NS, "state"))).values():
+            for raw in (await redis_index._redis.hgetall(redis_index.keys.key(NS, "state"))).values():
                 if raw.endswith(b"|late"):
                     leases.append(int(raw.split(b"|")[1]))
         assert not task.done()
         assert len(set(leases)) >= 3, f"the waiter's lease was not extended: {sorted(set(leases))}"
         # The earlier registration is withdrawn (e.g. it was rejected): the waiter proceeds.
-        await redis_index._cas_delete(keys=[redis_index._key(NS, "state")],
-                                      args=[seq, await redis_index._redis.hget(redis_index._key(NS, "state"), str(seq))])
+        await redis_index._cas_delete(keys=[redis_index.keys.key(NS, "state")],
+                                      args=[seq, await redis_index._redis.hget(redis_index.keys.key(NS, "state"), str(seq))])
         late = await asyncio.wait_for(task, 5)
     finally:
         await client.aclose()
@@ -252,7 +251,7 @@ async def _log_records(index: RedisMihIndex) -> set[tuple[int, int]]:
     from imgdedup.index.redis.mirror import decode_adds
 
     live: dict[int, list[int]] = {}
-    for _id, fields in await index._redis.xrange(index._key(NS, "log")):
+    for _id, fields in await index._redis.xrange(index.keys.key(NS, "log")):
         if b"a" in fields:
             seqs, _counts, codes = decode_adds([fields[b"a"]])
             live[int(seqs[0])] = codes.tolist()
@@ -290,7 +289,7 @@ async def test_buckets_hold_exactly_the_kept_images_after_concurrent_duplicates_
         assert await redis_index.remove(NS, image_id)
         del kept[image_id]
     m = await redis_index.substrings(NS)
-    if NS in redis_index._log_meta:
+    if logged(redis_index):
         expected_log = {(code, record.seq) for record in kept.values() for code in record.indexed_codes}
         assert await _log_records(redis_index) == expected_log
         # ... and every replica's mirror, once caught up, holds exactly that.
@@ -303,7 +302,7 @@ async def test_buckets_hold_exactly_the_kept_images_after_concurrent_duplicates_
     expected = {
         (key, code, record.seq)
         for record in kept.values()
-        for key, codes in redis_index._own_buckets(NS, record.indexed_codes, m).items()
+        for key, codes in redis_index.keys.own_buckets(NS, record.indexed_codes, m).items()
         for code in codes
     }
     assert await _bucket_records(redis_index, redis_prefix) == expected
@@ -319,11 +318,11 @@ async def test_strip_removes_only_record_aligned_matches(redis_index: RedisMihIn
     first = b"\x00" * 6 + raw[:6]
     second = raw[6:] + b"\x01" * 6
     assert np.frombuffer(first, dtype="<u4", offset=8)[0] != 77
-    key = redis_index._bucket_key(NS, 0, 1)
+    key = redis_index.keys.bucket(NS, 0, 1)
     await redis_index._redis.set(key, first + second + raw)
-    await redis_index._strip(NS, {key: [0x1122334455667788]}, 77)
+    await redis_index._bucket_layout.strip_records(NS, {key: [0x1122334455667788]}, 77)
     assert await redis_index._redis.get(key) == first + second
-    await redis_index._strip(NS, {key: [0x1122334455667788]}, 77)  # idempotent
+    await redis_index._bucket_layout.strip_records(NS, {key: [0x1122334455667788]}, 77)  # idempotent
     assert await redis_index._redis.get(key) == first + second
 
 
@@ -332,11 +331,11 @@ async def test_strip_leaves_a_kept_image_alone(redis_index: RedisMihIndex) -> No
     was lost to a cancellation) must not strip the now-kept image's records."""
     record = np.zeros(1, dtype=[("code", "<u8"), ("seq", "<u4")])
     record["code"], record["seq"] = 0x0102030405060708, 91
-    key = redis_index._bucket_key(NS, 0, 2)
+    key = redis_index.keys.bucket(NS, 0, 2)
     await redis_index._redis.set(key, record.tobytes())
-    await redis_index._redis.hset(redis_index._key(NS, "state"), "91", "K|" + "0" * 64 + "|kept")
-    await redis_index._strip(NS, {key: [0x0102030405060708]}, 91)
+    await redis_index._redis.hset(redis_index.keys.key(NS, "state"), "91", "K|" + "0" * 64 + "|kept")
+    await redis_index._bucket_layout.strip_records(NS, {key: [0x0102030405060708]}, 91)
     assert await redis_index._redis.get(key) == record.tobytes()
-    await redis_index._redis.hdel(redis_index._key(NS, "state"), "91")
-    await redis_index._strip(NS, {key: [0x0102030405060708]}, 91)
+    await redis_index._redis.hdel(redis_index.keys.key(NS, "state"), "91")
+    await redis_index._bucket_layout.strip_records(NS, {key: [0x0102030405060708]}, 91)
     assert await redis_index._redis.exists(key) == 0

@@ -39,6 +39,12 @@ def accept_all(lookup) -> Decision:
     return Decision(Verdict.ACCEPTED)
 
 
+def logged(index: RedisMihIndex) -> bool:
+    """Whether the namespace has the log layout (as the index last read it)."""
+    meta = index._namespaces.cached(NS)
+    return meta is not None and meta.logged
+
+
 async def keys_of(index: RedisMihIndex, prefix: str, ns: str = NS) -> set[str]:
     return {k.decode().split(":", 2)[2] async for k in index._redis.scan_iter(match=f"{prefix}:{{{ns}}}:*")}
 
@@ -79,7 +85,7 @@ async def test_without_catch_up_the_same_scenario_goes_wrong(redis_index: RedisM
 
     async def no_catch_up(namespace, *, upto=None, reads=()):
         values = [await b._redis.get(k) for k in reads]
-        return await b._redis.get(b._key(namespace, "meta")), values
+        return await b._redis.get(b.keys.key(namespace, "meta")), values
 
     b.mirror.sync = no_catch_up  # type: ignore[method-assign]
     await redis_index.register(NS, "x", make_fingerprint(base, b"x"), DECIDE, radius=RADIUS)
@@ -211,13 +217,13 @@ async def test_cold_replica_reads_the_whole_log_in_batches(redis_url, redis_pref
         cold = RedisMihIndex(client, prefix=redis_prefix, substrings=4)
         cold.mirror.batch = 250
         loaded_at_insert: list[bool] = []
-        insert = cold._insert_pending
+        insert = cold._log_layout.insert_pending
 
         async def watched_insert(*args, **kwargs):
             loaded_at_insert.append(cold.mirror.state(NS).loaded)
             return await insert(*args, **kwargs)
 
-        cold._insert_pending = watched_insert  # type: ignore[method-assign]
+        cold._log_layout.insert_pending = watched_insert  # type: ignore[method-assign]
         first_kept = next(i for i, _fp in items if i not in removed)
         code = remaining[first_kept]
         reg = await cold.register(NS, "late", make_fingerprint(code ^ 1, b"late"), DECIDE, radius=RADIUS)
@@ -286,8 +292,9 @@ async def test_tombstone_is_refused_while_the_image_is_kept(redis_index: RedisMi
     rng = np.random.default_rng(9)
     code = random_code(rng)
     reg = await redis_index.register(NS, "a", make_fingerprint(code, b"a"), DECIDE, radius=RADIUS)
-    await redis_index._strip(NS, {}, reg.record.seq)
-    entries = await redis_index._redis.xrange(redis_index._key(NS, "log"))
+    meta = await redis_index._namespaces.meta(NS, create=False)
+    await redis_index._log_layout.strip(NS, meta, reg.record.seq, ())
+    entries = await redis_index._redis.xrange(redis_index.keys.key(NS, "log"))
     assert [list(fields) for _id, fields in entries] == [[b"a"]]
     assert await redis_index.query(NS, code, radius=0) == [("a", 0)]
 
@@ -340,8 +347,8 @@ async def test_mirror_of_an_unknown_namespace_is_empty_and_creates_nothing(redis
 
 
 async def test_the_setting_reaches_the_index(redis_url, redis_prefix, redis_index: RedisMihIndex) -> None:
-    from imgdedup.app import open_index
     from imgdedup.config import Settings
+    from imgdedup.index import open_index
 
     index = await open_index(Settings(redis_url=redis_url, redis_prefix=redis_prefix, redis_mirror=True))
     try:
@@ -364,11 +371,11 @@ async def test_replica_with_a_stale_layout_notices_a_recreated_namespace(
     rng = np.random.default_rng(7)
     base = random_code(rng)
     await stale.register(NS, "old", make_fingerprint(random_code(rng), b"o"), DECIDE, radius=RADIUS)
-    assert (NS in stale._log_meta) == (first_layout == "mirror")
+    assert logged(stale) == (first_layout == "mirror")
     await fresh.drop_namespace(NS)
     first = await fresh.register(NS, "x", make_fingerprint(base, b"x"), DECIDE, radius=RADIUS)
-    assert first.record.verdict == Verdict.ACCEPTED and (NS in fresh._log_meta) == (first_layout != "mirror")
+    assert first.record.verdict == Verdict.ACCEPTED and logged(fresh) == (first_layout != "mirror")
     second = await stale.register(NS, "y", make_fingerprint(flip_bits(base, 3, rng), b"y"), DECIDE, radius=RADIUS)
     assert (second.record.verdict, second.record.duplicate_of) == (Verdict.DUPLICATE, "x")
-    assert (NS in stale._log_meta) == (first_layout != "mirror")
+    assert logged(stale) == (first_layout != "mirror")
     assert stale.restarts >= 1

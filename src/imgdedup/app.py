@@ -1,5 +1,6 @@
 """Composition root: builds every resource from Settings, starts them in dependency
-order and closes them in reverse. Nothing else in the package creates clients."""
+order and closes them in reverse. Nothing else in the package opens resources; the index
+comes from `imgdedup.index.open_index`."""
 
 from __future__ import annotations
 
@@ -7,74 +8,22 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka.errors import KafkaError
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgdedup.adapters.http_api import create_http_app
 from imgdedup.adapters.kafka_consumer import UploadConsumer
 from imgdedup.adapters.url_fetch import UrlFetcher
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
+from imgdedup.errors import StartupError
 from imgdedup.hasher import Hasher
+from imgdedup.index import open_index
 from imgdedup.index.interface import DedupIndex
-from imgdedup.index.memory import MemoryIndex
-from imgdedup.index.redis.index import RedisMihIndex
 from imgdedup.metrics import Metrics
 
 log = logging.getLogger("imgdedup.app")
-
-
-class StartupError(RuntimeError):
-    """A dependency is unreachable at start; the message says which and how to fix it."""
-
-
-def redis_client(settings: Settings) -> aioredis.Redis:
-    options: dict[str, Any] = {
-        "socket_timeout": 5,
-        "socket_connect_timeout": 5,
-        "health_check_interval": 30,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
-    if settings.redis_username:
-        options["username"] = settings.redis_username
-    if settings.redis_password:
-        options["password"] = settings.redis_password
-    if settings.redis_ssl_ca_file:
-        options["ssl_ca_certs"] = settings.redis_ssl_ca_file
-    if settings.redis_ssl_certfile:
-        options["ssl_certfile"] = settings.redis_ssl_certfile
-        options["ssl_keyfile"] = settings.redis_ssl_keyfile
-    # A blocking pool sized to the work we allow in flight: excess callers wait for a
-    # connection instead of failing (redis-py's default pool raises when exhausted).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=max(32, 2 * settings.max_in_flight + 8), timeout=10, **options
-    )
-    return aioredis.Redis(connection_pool=pool)
-
-
-async def open_index(settings: Settings) -> DedupIndex:
-    if settings.index_backend == "memory":
-        return MemoryIndex()
-    client = redis_client(settings)
-    try:
-        await client.ping()
-    except Exception as exc:
-        await client.aclose()
-        raise StartupError(
-            f"Redis at {settings.redacted()['redis_url']} does not answer ({exc}); start it, fix "
-            "IMGDEDUP_REDIS_URL, or unset it to use the in-memory index"
-        ) from exc
-    return RedisMihIndex(
-        client, prefix=settings.redis_prefix, substrings=settings.mih_substrings, mirror=settings.redis_mirror
-    )
 
 
 class Service:

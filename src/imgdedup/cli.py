@@ -14,7 +14,8 @@ from imgdedup.config import ConfigError, Settings
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from imgdedup import logs
-    from imgdedup.app import StartupError, serve
+    from imgdedup.app import serve
+    from imgdedup.errors import StartupError
 
     try:
         settings = Settings.from_env()

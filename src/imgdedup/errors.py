@@ -1,10 +1,10 @@
 """Error taxonomy shared by every adapter.
 
-One exception type per *input* problem, each with a stable machine code and the HTTP
-status it maps to. The Kafka consumer puts the same code into the `rejected` decision
-event, so a client sees the same vocabulary whichever way it talks to the service.
-Problems that are *not* the input's fault (Redis down, broker gone) are deliberately
-not in this hierarchy: those are retried, never turned into a rejection.
+Permanent errors (`InputError`): the caller's fault, one type per problem with a stable
+machine code and HTTP status; rejected, never retried. The Kafka consumer puts the same
+code into the `rejected` decision event, so both ways in share one vocabulary.
+Transient errors (`TransientError`): retry later; the consumer retries with back-off,
+HTTP answers 503 with Retry-After. Never turned into a rejection.
 """
 
 from __future__ import annotations
@@ -76,12 +76,29 @@ class FetchFailed(InputError):
     http_status = 400
 
 
+class ImageIdConflict(InputError):
+    """The image_id is already registered with different bytes."""
+
+    code = "image_id_conflict"
+    http_status = 409
+
+
+class TransientError(Exception):
+    """Not the caller's fault and not permanent: the same request may succeed later."""
+
+
+class ContentionError(TransientError):
+    """The atomic register step lost its optimistic race too many times in a row."""
+
+
+class IndexUnavailable(TransientError):
+    """The index's backing store is unreachable, timed out or refuses work for now
+    (loading, read-only during a failover)."""
+
+
 class IndexMismatch(Exception):
     """A namespace was created with other index parameters than this process uses."""
 
 
-class ContentionError(Exception):
-    """The atomic register step lost its optimistic race too many times in a row.
-
-    Transient by nature: callers retry (Kafka) or answer 503 (HTTP).
-    """
+class StartupError(RuntimeError):
+    """A dependency is unreachable at start; the message says which and how to fix it."""

@@ -11,17 +11,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from imgdedup.decisions.rules import Decision, MatchKind, Verdict
-from imgdedup.errors import InputError, InvalidIdentifier
+from imgdedup.errors import InvalidIdentifier
 from imgdedup.fingerprint import Fingerprint, code_hex
 
 NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_IMAGE_ID_LENGTH = 512
-
-class ImageIdConflict(InputError):
-    """The image_id is already registered with different bytes."""
-
-    code = "image_id_conflict"
-    http_status = 409
 
 
 def validate_namespace(namespace: str) -> str:

@@ -18,13 +18,11 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import hdrs, web
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgdedup.adapters.decision_view import decision_view
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import CheckResult, Deduplicator
-from imgdedup.errors import ContentionError, ImageTooLarge, InputError
+from imgdedup.errors import ImageTooLarge, IndexUnavailable, InputError, TransientError
 from imgdedup.fingerprint import code_hex
 from imgdedup.metrics import Metrics
 from imgdedup.records import ImageRecord, Registration
@@ -351,8 +349,8 @@ async def _middleware(
         response = exc if exc.status < 400 else _from_http_exception(request, exc, log)
     except InputError as exc:
         response = _from_input_error(request, exc, log)
-    except (ContentionError, RedisConnectionError, RedisTimeoutError) as exc:
-        if not isinstance(exc, ContentionError):
+    except TransientError as exc:
+        if isinstance(exc, IndexUnavailable):
             request.app[STATE].metrics.redis_errors.labels(SOURCE).inc()
         logger.warning(
             "unavailable: %s: %s",

@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgdedup.adapters.events import (
     JSON_CONTENT_TYPE,
@@ -33,7 +31,7 @@ from imgdedup.adapters.kafka_clients import connection_options
 from imgdedup.adapters.url_fetch import UrlFetcher
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
-from imgdedup.errors import ContentionError, InputError, InvalidEvent
+from imgdedup.errors import IndexUnavailable, InputError, InvalidEvent, TransientError
 from imgdedup.metrics import Metrics
 
 log = logging.getLogger("imgdedup.consumer")
@@ -41,9 +39,7 @@ log = logging.getLogger("imgdedup.consumer")
 T = TypeVar("T")
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ContentionError,
+    TransientError,
     KafkaError,
     ConnectionError,
     TimeoutError,
@@ -362,7 +358,7 @@ class UploadConsumer:
                 return await operation()
             except TRANSIENT_ERRORS as exc:
                 self._metrics.transient_errors.labels(component).inc()
-                if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+                if isinstance(exc, IndexUnavailable):
                     self._metrics.redis_errors.labels("kafka").inc()
                 if self._abandon.is_set():
                     raise _Abandoned() from exc

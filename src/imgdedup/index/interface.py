@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from imgdedup.decisions.rules import Candidate, Decision, Lookup, MatchKind, sort_candidates
+from imgdedup.errors import ImageIdConflict
 from imgdedup.fingerprint import Fingerprint
 from imgdedup.records import ImageRecord, Registration
 
@@ -62,6 +63,17 @@ class DedupIndex(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def replay(stored: ImageRecord, fingerprint: Fingerprint) -> Registration:
+    """The stored decision of an image_id registered before; `ImageIdConflict` if it was
+    registered with other bytes than `fingerprint`'s."""
+    if stored.sha256 != fingerprint.sha256_hex:
+        raise ImageIdConflict(
+            f"image_id {stored.image_id!r} is already registered with different bytes "
+            f"(sha256 {stored.sha256[:16]}...)"
+        )
+    return Registration(stored, replayed=True)
 
 
 def candidates_from(

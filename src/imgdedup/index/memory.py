@@ -1,12 +1,8 @@
-"""In-process index, the embedded default when no Redis is configured.
+"""In-process index, the embedded default when no Redis is configured; lost on exit.
 
-Codes live in a numpy multi-index hash table (`mih_table.MihTable`): a flat popcount scan
-per query made registering an estate one image at a time (`imgdedup scan`) quadratic,
-while MIH probes a few thousand buckets whatever the size. Small namespaces (under ~30k
-codes) are still scanned flat, which is faster there. Everything lives in this process
-and is lost on exit. Atomicity: `register` does its lookup and insert under a
-per-namespace asyncio lock with no await in between, so it is trivially first-wins within
-the process (the only place this backend is shared).
+Codes live in a multi-index hash table per namespace (`mih_table.MihTable`). `register`
+looks up and inserts under a per-namespace lock with no await in between, so it is
+first-wins within the process (the only place this backend is shared).
 """
 
 from __future__ import annotations
@@ -16,9 +12,9 @@ from dataclasses import dataclass, field
 
 from imgdedup.decisions.rules import Lookup
 from imgdedup.fingerprint import Fingerprint
-from imgdedup.index.interface import DecideFn, candidates_from
+from imgdedup.index.interface import DecideFn, candidates_from, replay
 from imgdedup.index.mih_table import MihTable
-from imgdedup.records import ImageIdConflict, ImageRecord, Registration, validate_image_id, validate_namespace
+from imgdedup.records import ImageRecord, Registration, validate_image_id, validate_namespace
 
 
 @dataclass
@@ -79,12 +75,7 @@ class MemoryIndex:
         async with ns.lock:
             stored = ns.records.get(image_id)
             if stored is not None:
-                if stored.sha256 != fingerprint.sha256_hex:
-                    raise ImageIdConflict(
-                        f"image_id {image_id!r} is already registered with different bytes "
-                        f"(sha256 {stored.sha256[:16]}...)"
-                    )
-                return Registration(stored, replayed=True)
+                return replay(stored, fingerprint)
             decision = decide(ns.lookup(fingerprint, radius))
             seq = ns.next_seq
             ns.next_seq += 1

@@ -90,7 +90,8 @@ def probe_count(radius: int, m: int, bits: int = CODE_BITS) -> int:
 
 
 def suggest_substrings(expected_codes: int, bits: int = CODE_BITS) -> int:
-    """Norouzi's rule of thumb m ~ bits / log2(N): buckets hold ~1 code each on average."""
+    """Norouzi's rule of thumb m = bits / log2(N), rounded: buckets hold about one code
+    each on average."""
     if expected_codes <= 2:
         return 1
     return max(1, min(bits, round(bits / math.log2(expected_codes))))

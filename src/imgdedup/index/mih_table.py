@@ -1,32 +1,6 @@
-"""In-process multi-index hash table over 64-bit codes, numpy arrays only.
-
-Why: the embedded index is registered into one image at a time (`imgdedup scan`), so a
-flat popcount scan per query makes a whole estate quadratic. This table answers the same
-radius queries exactly, in time that grows with the probes and candidates rather than
-with the number of codes.
-
-Layout (no Python object per code):
-
-* rows: `codes`, `labels` (the owner's sequence number) and an `alive` tombstone mask,
-  appended contiguously per label; (start, count) per label, in arrays indexed by label,
-  make a removal O(codes of that label).
-* indexed part, rows [0, indexed): per substring j (Norouzi's m-way split, `imgdedup.index.mih`)
-  the row ids sorted by substring value, all substrings in one `entries` array, with
-  each entry's code alongside (verifying a bucket is then a contiguous read). Narrow
-  substrings (<= `direct_max_bits`) get direct bucket offsets (`offsets[key]` ..
-  `offsets[key + 1]`); wider ones a sorted `keys` array read with `np.searchsorted`.
-  Substring j's values are shifted by a per-substring base, so one gather serves every
-  probe of every substring and query.
-* tail, rows [indexed, size): recent codes, scanned flat and merged into the indexed part
-  (LSM style, O(entries) per merge, no re-sort) once the tail outgrows max(tail_min,
-  indexed / 8), or once the queries have spent as much scanning it as a merge costs.
-* removed rows stay as tombstones (filtered when verifying) until they are more than half
-  of all rows; then the arrays are compacted and the index rebuilt.
-
-m is chosen from the number of codes and the radius the caller queries with, by an
-estimated cost per query (probes + expected candidates, uniform codes) against the flat
-scan; below the crossover (tens of thousands of codes) the table is a plain flat scan.
-Every query is verified on the full code, so results are exactly the flat scan's.
+"""In-process multi-index hash table over 64-bit codes, numpy arrays only: exact radius
+queries in time that grows with the probes and candidates rather than with the number
+of codes, so registering an estate one image at a time is not quadratic.
 """
 
 from __future__ import annotations
@@ -54,14 +28,14 @@ MAX_FORCED_PROBES = 1_000_000
 #: A different m is adopted at a rebuild only if it is this much cheaper (no flapping).
 HYSTERESIS = 1.25
 
-# Cost model, nanoseconds on one core (numpy 2.x, x86-64), fitted to query timings over
-# 20k..10M codes at radius 12 with 2 query codes. Only the ratios matter.
+# Cost model: the cost of each step of a query, in units of about a nanosecond on one
+# core, fitted to query timings. Only the ratios matter.
 COST_FLAT = 0.7  # per code, per query code: popcount over a contiguous block
 COST_CALL_FLAT = 10_000.0  # per flat query: fixed numpy overhead
 COST_CALL_INDEXED = 25_000.0  # per indexed query: fixed numpy overhead
 COST_PROBE_CACHED = 22.0  # per probe, bucket offsets small enough to stay in cache
 COST_PROBE_DIRECT = 40.0  # per probe, bucket offsets in main memory
-COST_PROBE_SORTED = 1000.0  # per probe: two binary searches, cache misses (0.2 us..1.8 us)
+COST_PROBE_SORTED = 1000.0  # per probe: two binary searches, cache misses
 COST_CANDIDATE = 6.0  # per candidate: contiguous bucket read, popcount
 COST_MERGE = 15.0  # per entry (codes x m) rewritten by a merge
 CACHED_OFFSETS_BYTES = 4 << 20
@@ -178,6 +152,29 @@ def _grow(array: np.ndarray, needed: int, used: int) -> np.ndarray:
 class MihTable:
     """Exact radius search over labelled 64-bit codes (label = the owner's sequence number).
 
+    Layout (no Python object per code):
+
+    * rows: `codes`, `labels` (the owner's sequence number) and an `alive` tombstone mask,
+      appended contiguously per label; (start, count) per label, in arrays indexed by label,
+      make a removal O(codes of that label).
+    * indexed part, rows [0, indexed): per substring j (Norouzi's m-way split, `imgdedup.index.mih`)
+      the row ids sorted by substring value, all substrings in one `entries` array, with
+      each entry's code alongside (verifying a bucket is then a contiguous read). Narrow
+      substrings (<= `direct_max_bits`) get direct bucket offsets (`offsets[key]` ..
+      `offsets[key + 1]`); wider ones a sorted `keys` array read with `np.searchsorted`.
+      Substring j's values are shifted by a per-substring base, so one gather serves every
+      probe of every substring and query.
+    * tail, rows [indexed, size): recent codes, scanned flat and merged into the indexed part
+      (LSM style, O(entries) per merge, no re-sort) once the tail outgrows max(tail_min,
+      indexed / 8), or once the queries have spent as much scanning it as a merge costs.
+    * removed rows stay as tombstones (filtered when verifying) until they are more than half
+      of all rows; then the arrays are compacted and the index rebuilt.
+
+    m is chosen from the number of codes and the radius the caller queries with, by an
+    estimated cost per query (probes + expected candidates, uniform codes) against the flat
+    scan; below the crossover (tens of thousands of codes) the table is a plain flat scan.
+    Every query is verified on the full code, so results are exactly the flat scan's.
+
     `substrings` forces m and the indexed path whatever the cost model says (tests);
     `tail_min`, `compact_min` and `direct_max_bits` are exposed for the same reason.
     """
@@ -214,7 +211,7 @@ class MihTable:
         self.indexed = 0  # rows [0, indexed) are in the multi-index, the rest is the tail
         self._entries = np.zeros(0, dtype=np.uint32)  # row ids, sorted by (substring, value)
         # The entries' codes in the same order: verifying a bucket reads it contiguously
-        # instead of one random gather per candidate (about half of a large query's time).
+        # instead of one random gather per candidate.
         self._entry_codes = np.zeros(0, dtype=np.uint64)
         self._offsets = np.zeros(1, dtype=np.int64)  # direct layout
         self._keys = np.zeros(0, dtype=np.uint64)  # sorted layout
@@ -261,7 +258,7 @@ class MihTable:
             self._refresh()
 
     def add_many(self, labels: np.ndarray, counts: np.ndarray, codes: np.ndarray) -> None:
-        """`add` for many labels at once (a bulk load, ~100x fewer Python steps):
+        """`add` for many labels at once (a bulk load, in vectorised steps):
         labels[i] owns the next counts[i] of `codes`, in order. All or nothing."""
         labels = np.asarray(labels, dtype=np.int64)
         counts = np.asarray(counts, dtype=np.int64)

@@ -174,7 +174,8 @@ async def _register(
     setup: ScanSetup, images: list[ScannedImage], audit: list[ImageRecord], console: Console,
     index: DedupIndex | None,
 ) -> dict[str, Any]:
-    from imgdedup.app import StartupError, open_index
+    from imgdedup.errors import StartupError
+    from imgdedup.index import open_index
 
     o = setup.options
     owned = index is None

@@ -14,6 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
+import redis.asyncio as aioredis
+
+from imgdedup.index.redis.keys import delete_prefix as delete_keys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -72,33 +75,14 @@ def _json_default(value: Any) -> Any:
 
 
 # --- Redis ----------------------------------------------------------------------------
-def delete_prefix_sync(client: Any, prefix: str, batch: int = 2000) -> int:
-    """SCAN + UNLINK every key under `prefix:` (never KEYS, never FLUSHDB)."""
-    deleted = 0
-    chunk: list[bytes] = []
-    for key in client.scan_iter(match=f"{_glob_escape(prefix)}:*", count=batch):
-        chunk.append(key)
-        if len(chunk) >= batch:
-            deleted += client.unlink(*chunk)
-            chunk = []
-    if chunk:
-        deleted += client.unlink(*chunk)
-    return deleted
-
-
-def delete_prefix(url: str, prefix: str) -> int:
-    """Standalone clean-up with its own connection (for `finally` blocks)."""
-    import redis
-
-    client = redis.Redis.from_url(url)
+async def delete_prefix(url: str, prefix: str) -> int:
+    """Delete every key under `prefix:` with a connection of its own (for `finally`
+    blocks); returns how many."""
+    client = aioredis.Redis.from_url(url)
     try:
-        return delete_prefix_sync(client, prefix)
+        return await delete_keys(client, prefix, batch=2000)
     finally:
-        client.close()
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+        await client.aclose()
 
 
 def redis_used_memory(client: Any) -> int:

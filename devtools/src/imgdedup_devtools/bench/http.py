@@ -188,7 +188,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 os.unlink(log_path)
             else:
                 print(f"service log: {log_path}", file=sys.stderr)
-        clean_up_redis(args, prefix)
+        await clean_up_redis(args, prefix)
     return result
 
 

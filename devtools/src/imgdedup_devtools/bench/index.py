@@ -56,7 +56,7 @@ from imgdedup_devtools.bench import bulkload
 from imgdedup_devtools.bench.common import (
     DEFAULT_REDIS_URL,
     bench_prefix,
-    delete_prefix_sync,
+    delete_prefix,
     fmt_lat,
     latency_summary,
     parse_int_list,
@@ -384,7 +384,7 @@ def hiredis_available() -> bool:
 
 async def mget_by_parser(args: argparse.Namespace, keys: list[list[str]]) -> dict[str, Any]:
     """The same MGETs through redis-py's pure-Python reply parser and through hiredis."""
-    from imgdedup.app import redis_client
+    from imgdedup.index.redis.client import redis_client
 
     out: dict[str, Any] = {}
     for which in ("python", "hiredis"):
@@ -431,7 +431,7 @@ class Bench:
 
 def query_client(args: argparse.Namespace) -> Any:
     """The asyncio Redis client `query()` runs on, with the reply parser of --parser."""
-    from imgdedup.app import redis_client
+    from imgdedup.index.redis.client import redis_client
 
     client = redis_client(Settings(redis_url=args.redis_url, max_in_flight=max(16, args.concurrency)))
     force_parser(client, args.parser)
@@ -501,7 +501,7 @@ async def measure_mih(bench: Bench, m: int) -> dict[str, Any]:
         out["radii"] = {str(r): await measure_radius(index, client, namespace, bench, r, m) for r in bench.radii}
         out["concurrent"] = await measure_concurrent(index, namespace, queries, args.radius, args.concurrency)
         sub = queries[: args.breakdown_queries]
-        parsers = await mget_by_parser(args, [index._probe_keys(namespace, (q,), args.radius, m) for q in sub])
+        parsers = await mget_by_parser(args, [index.keys.probe_keys(namespace, (q,), args.radius, m) for q in sub])
         out["mget_by_parser"] = parsers
         print(f"    MGET alone at r={args.radius} by reply parser: "
               + ", ".join(f"{k} {fmt_lat(v) if isinstance(v, dict) else v}" for k, v in parsers.items()), flush=True)
@@ -511,7 +511,7 @@ async def measure_mih(bench: Bench, m: int) -> dict[str, Any]:
         await client.aclose()
         started = time.perf_counter()
         bulkload.delete_buckets(sync_client, prefix, namespace, stats)
-        delete_prefix_sync(sync_client, f"{prefix}:{{{namespace}}}")
+        await delete_prefix(args.redis_url, f"{prefix}:{{{namespace}}}")
         out["free_seconds"] = round(time.perf_counter() - started, 2)
     return out
 
@@ -589,7 +589,7 @@ async def measure_mirror(bench: Bench) -> dict[str, Any]:
         await index.close()
         del index
         started = time.perf_counter()
-        delete_prefix_sync(sync_client, f"{prefix}:{{{namespace}}}")
+        await delete_prefix(args.redis_url, f"{prefix}:{{{namespace}}}")
         out["free_seconds"] = round(time.perf_counter() - started, 2)
     return out
 
@@ -741,7 +741,7 @@ async def measure_radius(index: Any, client: Any, namespace: str, bench: Bench, 
     before = command_stats(bench.sync_client)
     for q in sub:
         laps.start()
-        keys = index._probe_keys(namespace, (q,), r, m)
+        keys = index.keys.probe_keys(namespace, (q,), r, m)
         laps.lap("probe_keys")
         values = await client.mget(keys)
         laps.lap("mget")
@@ -975,7 +975,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     results.append(await bench_dataset(ds, args, sync_client, prefix, radii, slowlog))
                     del ds
     finally:
-        leftover = delete_prefix_sync(sync_client, prefix)
+        leftover = await delete_prefix(args.redis_url, prefix)
         sync_client.close()
         print(f"\ncleaned up: prefix {prefix} swept ({leftover} leftover keys unlinked)")
     summary_table(results, args.radius)

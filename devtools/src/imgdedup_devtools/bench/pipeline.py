@@ -468,7 +468,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"replica exit codes {exits}; logs in {logdir}", file=sys.stderr)
         if not args.workdir and result.get("checks", {}).get("ok") and all(code == 0 for code in result.get("replica_exit_codes", [])):
             shutil.rmtree(logdir, ignore_errors=True)  # replica logs are kept only when something failed
-        clean_up_redis(args, prefix)
+        await clean_up_redis(args, prefix)
         if broker is not None:
             broker.stop()
         elif settings_values:

@@ -37,8 +37,8 @@ def service_values(args: argparse.Namespace, prefix: str, shutdown_timeout_s: fl
     return values
 
 
-def clean_up_redis(args: argparse.Namespace, prefix: str) -> None:
+async def clean_up_redis(args: argparse.Namespace, prefix: str) -> None:
     """Delete every key the run wrote under `prefix` (Redis index only)."""
     if args.index == "redis":
-        deleted = delete_prefix(args.redis_url, prefix)
+        deleted = await delete_prefix(args.redis_url, prefix)
         print(f"cleaned up: {deleted} Redis keys under {prefix}", flush=True)

@@ -1,33 +1,16 @@
-"""Replica-local mirror of a Redis namespace's codes, fed by the namespace's stream.
+"""Replica-local mirror of a log-layout namespace's codes, fed by the namespace's stream.
 
-Mirror namespaces (meta `{"log": <nonce>, ...}`, `IMGDEDUP_REDIS_MIRROR=true` when the
-namespace was created) have no bucket keys. Instead the insert script of
-`RedisMihIndex` appends one entry to the stream `P:{ns}:log` in the same atomic step as
-`seq = INCR` and the pending state, and every removal of an image's codes from the index
-appends a tombstone:
+The insert script appends an add in the same atomic step as `seq = INCR`, and every
+removal of an image's codes appends a tombstone:
 
     a = seq (u32 LE) + the image's indexed codes (u64 LE each)   registered (pending)
-    d = seq (decimal)                                            duplicate, withdrawn,
-                                                                 or removed
+    d = seq (decimal)                                            duplicate, withdrawn or removed
 
-INCR and XADD run in one script, so the adds are in the stream in seq order: having
-applied every entry up to one's own is having seen every image with a lower seq, exactly
-what the first-wins protocol needed from its bucket read. Each replica applies the
-stream to an in-process `MihTable` (label = seq) per namespace and answers radius queries
-locally; whether a candidate is kept, pending or gone still comes from the Redis state
-hash, so the protocol (waits, fenced finalize) is unchanged.
-
-A catch-up is one round trip, one small script (`_CATCH_UP`): GET meta (a namespace
-dropped or re-created under the same name is noticed and the mirror rebuilt), the
-caller's own GETs (the exact-tier `sha:` key) and `XRANGE (last-id upto COUNT 500`.
-Several coroutines may catch up at once: replies are contiguous from the id they were
-sent from, and entries another coroutine applied meanwhile are skipped, so each entry is
-applied once and in order. A backlog (a cold replica reading the whole stream) is drained
-under a per-namespace lock with plain XRANGEs of 2,000 entries (~1 ms of Redis time for
-~300-byte entries; 10,000 took 4 ms).
-
-Nothing is compacted: the stream keeps every add and tombstone since the namespace was
-created, and a new replica reads all of it (docs/design.md says what compaction needs).
+So the adds are in seq order, and a mirror caught up to one's own entry has seen every
+image with a lower seq. Each replica applies the stream to an in-process `MihTable`
+(label = seq) per namespace; whether a candidate is kept, pending or gone still comes
+from the state hash. A catch-up is one round trip (`scripts.CATCH_UP`); a backlog is
+drained with plain XRANGEs under a per-namespace lock. The stream is never compacted.
 """
 
 from __future__ import annotations
@@ -43,6 +26,7 @@ import redis.asyncio as aioredis
 
 from imgdedup.errors import ContentionError
 from imgdedup.index.mih_table import MihTable
+from imgdedup.index.redis import scripts
 
 log = logging.getLogger("imgdedup.index")
 
@@ -52,16 +36,6 @@ DEL = b"d"
 BATCH = 2_000
 #: Entries the catch-up script returns (through Lua: kept small); more are drained.
 SCRIPT_BATCH = 500
-
-# KEYS: meta, log, keys to GET...  ARGV: XRANGE start (exclusive), end, COUNT (0: no XRANGE).
-# Returns {meta, values of the GETs..., entries}.
-_CATCH_UP = """
-local out = {redis.call('GET', KEYS[1])}
-for i = 3, #KEYS do out[#out + 1] = redis.call('GET', KEYS[i]) end
-if ARGV[3] == '0' then out[#out + 1] = {}
-else out[#out + 1] = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT', ARGV[3]) end
-return out
-"""
 
 StreamId = tuple[int, int]
 
@@ -130,7 +104,7 @@ class RedisMirror:
         self.batch = batch
         self._factory = table_factory
         self._spaces: dict[str, MirrorState] = {}
-        self._catch_up = client.register_script(_CATCH_UP)
+        self._catch_up = client.register_script(scripts.CATCH_UP)
         self.round_trips = 0
         self.resets = 0
 

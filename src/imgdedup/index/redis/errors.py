@@ -1,0 +1,48 @@
+"""The Redis backend's failures as the index reports them: whatever means "Redis is not
+usable right now" becomes `IndexUnavailable`, so no caller depends on redis-py's types."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+from redis import exceptions as redis_exceptions
+
+from imgdedup.errors import IndexUnavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Unreachable, timed out, or refusing work for now. redis-py's ConnectionError also
+#: covers an exhausted connection pool, a rejected login and a server still loading its
+#: data (BusyLoadingError); ReadOnlyError is a replica during a failover; the cluster ones
+#: are a slot without a master or a resharding in progress.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis_exceptions.ConnectionError,
+    redis_exceptions.TimeoutError,
+    redis_exceptions.ReadOnlyError,
+    redis_exceptions.ClusterDownError,
+    redis_exceptions.TryAgainError,
+)
+
+
+@contextmanager
+def unavailable_on_redis_errors() -> Iterator[None]:
+    """Re-raise the failures in `UNAVAILABLE` as `IndexUnavailable`, chained to the cause."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise IndexUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def maps_redis_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """`unavailable_on_redis_errors` around a coroutine function."""
+
+    @functools.wraps(method)
+    async def mapped(*args: P.args, **kwargs: P.kwargs) -> T:
+        with unavailable_on_redis_errors():
+            return await method(*args, **kwargs)
+
+    return mapped
