@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import zipfile
 import sys
 from pathlib import Path
 
@@ -38,3 +39,25 @@ def test_readme_configuration_table_matches_settings() -> None:
         shown = default if default == "(empty)" else f"`{default}`"
         # The row `imgdedup config` prints: a changed default or meaning shows here.
         assert f"| `{name}` | {shown} | {doc} |" in readme, f"README's row for {name} is not what `imgdedup config` prints"
+
+
+def test_mypy_is_clean() -> None:
+    # Configuration (files, strictness, untyped libraries) is pyproject's [tool.mypy].
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_wheel_carries_only_the_runtime_package(tmp_path: Path) -> None:
+    """The service wheel (what the container image installs) holds the `imgdedup`
+    package and nothing else: no benchmarks, demo or broker launcher (devtools/)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("imgdedup-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"imgdedup"}, top_level
+    assert "imgdedup/adapters/openapi.json" in names and "imgdedup/py.typed" in names
+    assert not [name for name in names if "bench" in name or "demo" in name or "broker" in name or "samples" in name]

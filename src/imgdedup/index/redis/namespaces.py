@@ -10,7 +10,7 @@ from uuid import uuid4
 import redis.asyncio as aioredis
 
 from imgdedup.errors import IndexMismatch
-from imgdedup.fingerprint.hashing import HASH_ALGORITHM
+from imgdedup.fingerprint import HASH_ALGORITHM
 from imgdedup.index.redis.keys import KeySpace
 
 
