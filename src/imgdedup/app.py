@@ -105,7 +105,7 @@ class Service:
             ("hasher", self.hasher.close if self.hasher else None),
             ("index", self.index.close if self.index else None),
         ]
-        self.consumer = self._runner = self.fetcher = self.hasher = self.index = None  # type: ignore[assignment]
+        self.consumer = self._runner = self.fetcher = self.hasher = self.index = None
         for name, close in steps:
             if close is None:
                 continue
@@ -124,7 +124,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     service = Service(settings)
     await service.start()
     try:
-        waiters = [asyncio.create_task(stop.wait())]
+        waiters: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
         if service.consumer is not None:
             waiters.append(asyncio.create_task(service.consumer.wait()))
         done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -96,7 +96,7 @@ class OffsetTracker:
             self._next.pop(tp, None)
 
 
-class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _RebalanceListener(ConsumerRebalanceListener):
     def __init__(self, owner: UploadConsumer) -> None:
         self._owner = owner
 

@@ -49,7 +49,7 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
         with warnings.catch_warnings():
             # Pillow warns above its own global limit; our limit is the one that counts.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise DecompressionBomb(f"image canvas is too large: {exc}") from None
     except UnidentifiedImageError:

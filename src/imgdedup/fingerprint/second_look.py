@@ -124,7 +124,7 @@ def second_look(query: bytes, stored: bytes, *, symmetries: bool = False) -> Loo
     scores = stored_views @ query_views.T
     agree = _aspects_agree(q, s, symmetries)
     shape = None if agree is None else bool(agree.any())
-    if shape:  # only views of one shape are compared
+    if agree is not None and shape:  # only views of one shape are compared
         scores = np.where(agree, scores, -np.inf)
     best_stored, best_query = np.unravel_index(int(np.argmax(scores)), scores.shape)
     sim = float(scores[best_stored, best_query])

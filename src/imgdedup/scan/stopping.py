@@ -26,7 +26,7 @@ class StopRequest:
 def stop_on_signals(stop: StopRequest, stream: TextIO) -> Iterator[None]:
     """While inside: SIGINT or SIGTERM requests a stop; a second signal acts at once."""
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
 
     def on_signal(signum: int) -> None:
         if stop.reason is None:

@@ -115,7 +115,7 @@ def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
     thumbnail costs about what hashing does."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         if image.size[0] * image.size[1] > max_pixels:
             raise ValueError("canvas too large")
         if image.format in ("JPEG", "MPO"):

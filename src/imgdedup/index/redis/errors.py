@@ -4,9 +4,9 @@ usable right now" becomes `IndexUnavailable`, so no caller depends on redis-py's
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from redis import exceptions as redis_exceptions
 
@@ -37,7 +37,7 @@ def unavailable_on_redis_errors() -> Iterator[None]:
         raise IndexUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
-def maps_redis_errors(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def maps_redis_errors(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """`unavailable_on_redis_errors` around a coroutine function."""
 
     @functools.wraps(method)

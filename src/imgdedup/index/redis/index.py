@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -95,7 +96,7 @@ class RedisMihIndex:
         if not seqs:
             return {}
         raws = await self._redis.hmget(self.keys.state(namespace), [str(s) for s in seqs])
-        return {seq: State.parse(raw) for seq, raw in zip(seqs, raws) if raw is not None}
+        return {seq: State.parse(cast(bytes, raw)) for seq, raw in zip(seqs, raws) if raw is not None}
 
     async def _candidates(
         self, namespace: str, distances: dict[int, int], kept: dict[int, State], fingerprint: Fingerprint
@@ -148,7 +149,7 @@ class RedisMihIndex:
         ids = await self._redis.zrange(self.keys.dups(namespace, image_id), 0, -1)
         if not ids:
             return []
-        raws = await self._redis.mget([self.keys.record(namespace, i.decode()) for i in ids])
+        raws = await self._redis.mget([self.keys.record(namespace, cast(bytes, i).decode()) for i in ids])
         return [ImageRecord.from_json(raw) for raw in raws if raw]
 
     # --- registration ------------------------------------------------------------------
@@ -313,7 +314,7 @@ class RedisMihIndex:
             for seq, raw in zip(waiting, raws):
                 if raw is None:
                     continue
-                state = State.parse(raw)
+                state = State.parse(cast(bytes, raw))
                 if state.kept:
                     settled[seq] = state
                 elif state.lease_ms < clock.now_ms():

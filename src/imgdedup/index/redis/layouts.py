@@ -10,7 +10,7 @@ shared and lives in `index.py`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -106,8 +106,8 @@ class BucketLayout:
             return {}
         values = await self._redis.mget([*sha_keys, *probed])
         present = [b for b in values[len(sha_keys) :] if b]
-        near = nearest_per_seq(unpack_records(b"".join(present)), tuple(codes), radius) if present else {}
-        return _with_exact(near, values[0] if sha_keys else None)
+        near = nearest_per_seq(unpack_records(b"".join(cast(list[bytes], present))), tuple(codes), radius) if present else {}
+        return _with_exact(near, cast("bytes | None", values[0]) if sha_keys else None)
 
     async def strip(self, namespace: str, meta: NamespaceMeta, seq: int, codes: Iterable[int]) -> None:
         await self.strip_records(namespace, self._keys.own_buckets(namespace, codes, meta.m), seq)

@@ -198,7 +198,7 @@ class RedisMirror:
         key = self._key(ns.name, "log")
         while target is None or ns.last < target:
             generation, start = ns.generation, ns.last
-            entries = await self._redis.xrange(key, min=f"({format_id(start)}", max=upper, count=self.batch)
+            entries = await self._redis.xrange(key, min=f"({format_id(start)}", max=upper, count=self.batch) or []
             self.round_trips += 1
             if ns.generation != generation:
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import cast
 from uuid import uuid4
 
 import redis.asyncio as aioredis
@@ -53,7 +54,7 @@ class Namespaces:
                 f"namespace {namespace!r} holds {fields.get('algorithm')} codes; this service "
                 f"computes {HASH_ALGORITHM}: re-index it or use another namespace/prefix"
             )
-        meta = self._cache[namespace] = NamespaceMeta(int(fields["m"]), raw, logged=bool(fields.get("log")))
+        meta = self._cache[namespace] = NamespaceMeta(int(fields["m"]), cast(bytes, raw), logged=bool(fields.get("log")))
         return meta
 
     def cached(self, namespace: str) -> NamespaceMeta | None:
