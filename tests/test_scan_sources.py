@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from scan_helpers import build_estate, free_port, groups, run
 
+from imgdedup.adapters.url_fetch import ADDRESS_REFUSED, FETCH_FAILED
 from imgdedup.scan import ScanError
 
 
@@ -96,7 +97,8 @@ def test_url_list_scan_finds_the_same_clusters_as_the_folder(
     assert report["source"] == str(url_list.resolve())
     assert groups(report, strip=server.base) == folder_groups
     unreadable = {u["key"].removeprefix(server.base): u for u in report["unreadable"]}
-    assert unreadable["missing.jpg"]["error"] == "fetch_failed" and "404" in unreadable["missing.jpg"]["detail"]
+    missing = unreadable["missing.jpg"]
+    assert (missing["error"], missing["detail"]) == ("fetch_failed", FETCH_FAILED), "no remote status in the report"
     for key, code in estate.unreadable.items():
         assert unreadable[key]["error"] == code
     assert unreadable["notes.txt"]["error"] == "undecodable_image", "URL lists try every URL"
@@ -116,7 +118,7 @@ def test_url_list_refuses_private_addresses_unless_allowed(url_list: Path, tmp_p
     report = run(url_list, tmp_path / "out").report
     assert report["totals"]["images"] == 0
     assert {u["error"] for u in report["unreadable"]} == {"url_refused"}
-    assert "private" in report["unreadable"][0]["detail"]
+    assert report["unreadable"][0]["detail"] == ADDRESS_REFUSED
 
 
 def test_url_list_lines_that_are_not_urls(tmp_path: Path) -> None:
