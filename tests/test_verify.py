@@ -261,3 +261,57 @@ def test_views_of_another_shape_are_not_compared(photos):
                  crop(image, 0, 0, 1.0, 0.75), letterboxed):
         look = second_look(thumbs(copy), stored)
         assert look.shape is True and look.similarity >= 0.9
+
+
+# --- dominant hue -------------------------------------------------------------------------
+
+
+def planet(texture: Image.Image, colour: tuple[int, int, int], side: int = 320) -> Image.Image:
+    """One render of a planet: the same shaded, textured disc on black, in one colour."""
+    grey = texture.convert("L").resize((side, side))
+    yy, xx = np.mgrid[0:side, 0:side] / (side - 1) - 0.5
+    disc = (xx**2 + yy**2) <= 0.42**2
+    light = np.clip(1.1 - 1.6 * np.hypot(xx + 0.15, yy + 0.15), 0.15, 1.0)
+    shade = np.asarray(grey, dtype=np.float64) / 255.0 * 0.5 + 0.5
+    level = np.where(disc, shade * light, 0.0)
+    rgb = np.stack([level * c for c in colour], axis=-1)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def planets(photos: dict[str, Image.Image]) -> dict[str, Image.Image]:
+    texture = photos[SAMPLE_NAMES[0]]
+    return {name: planet(texture, colour) for name, colour in
+            {"yellow": (240, 200, 40), "green": (40, 200, 90), "blue": (60, 90, 240)}.items()}
+
+
+def test_renders_in_other_hues_are_different_pictures(planets: dict[str, Image.Image]) -> None:
+    yellow, green, blue = (thumbs(planets[name]) for name in ("yellow", "green", "blue"))
+    for a, b in ((yellow, green), (yellow, blue), (green, blue)):
+        look = second_look(a, b)
+        assert look.similarity is not None and look.similarity > 0.9  # alike in grey
+        assert look.different
+
+
+@pytest.mark.parametrize("edit", [
+    lambda im: ImageEnhance.Color(im).enhance(1.5),
+    lambda im: ImageEnhance.Brightness(im).enhance(0.75),
+    lambda im: ImageEnhance.Contrast(im).enhance(1.3),
+    lambda im: Image.blend(im, Image.new("RGB", im.size, (255, 140, 0)), 0.15),
+    lambda im: im.convert("L").convert("RGB"),
+], ids=["saturation", "brightness", "contrast", "tint", "greyscale"])
+def test_colour_work_on_a_render_keeps_its_hue(planets: dict[str, Image.Image], edit) -> None:
+    for original in planets.values():
+        assert not second_look(thumbs(edit(original)), thumbs(original)).different
+
+
+def test_a_render_in_another_hue_is_accepted_not_reviewed(planets: dict[str, Image.Image]) -> None:
+    policy = Policy(duplicate_radius=10, review_radius=12)
+    stored = fingerprint(jpeg(planets["yellow"]), LIMITS)
+    query = fingerprint(jpeg(planets["green"]), LIMITS)
+    distance = min(bin(a ^ b).count("1") for a in query.codes for b in stored.codes)
+    assert distance <= policy.duplicate_radius  # the codes alone would call it a copy
+    candidate = Candidate("yellow", 1, distance, MatchKind.NEAR, stored.thumbnail)
+    assert decide(Lookup((candidate,)), policy, query.thumbnail).verdict is Verdict.ACCEPTED
+    copy = fingerprint(jpeg(planets["yellow"], quality=40), LIMITS)
+    assert decide(Lookup((candidate,)), policy, copy.thumbnail).verdict is Verdict.DUPLICATE

@@ -1,7 +1,7 @@
 """The verdict rules, as pure functions of what the index found.
 
 A near candidate is a duplicate when its code is close *and* a second look at the
-thumbnails agrees (`Policy.confirmed`). Only kept images (`accepted`, `review`), the
+thumbnails agrees (`Policy.judge`). Only kept images (`accepted`, `review`), the
 ones an upload pipeline stores, are match targets; a `duplicate` is recorded for replay
 and listings only.
 """
@@ -33,6 +33,14 @@ class MatchKind(enum.StrEnum):
 
 
 KEPT_VERDICTS = frozenset({Verdict.ACCEPTED, Verdict.REVIEW})
+
+
+class Judgement(enum.Enum):
+    """What the second look makes of a near candidate."""
+
+    COPY = "copy"  # a duplicate
+    LOOK_ALIKE = "look_alike"  # uncertain: a person reviews it
+    DIFFERENT = "different"  # another picture: ignored
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,26 +80,31 @@ class Policy:
         if not -1.0 <= self.min_similarity <= 1.0 or not -1.0 <= self.confirm_similarity <= 1.0:
             raise ValueError("similarities are correlations: need -1 <= value <= 1")
 
-    def confirmed(self, candidate: Candidate, query_thumbnail: bytes) -> tuple[bool, float | None]:
-        """(is it a duplicate, the similarity measured) for a near candidate.
+    def judge(self, candidate: Candidate, query_thumbnail: bytes) -> tuple[Judgement, float | None]:
+        """What a near candidate is to the query, and the similarity measured.
 
         The second look is `fingerprint.second_look`: thumbnail correlation with colour and
         shape checks. Within the duplicate radius it only has to rule out a look-alike
         (>= `min_similarity`); between the duplicate and the review radius it has to
         confirm a copy (>= `confirm_similarity`). A candidate stored without thumbnails is
-        judged by distance alone.
+        judged by distance alone. Views whose dominant hues differ are another picture,
+        not a look-alike for a person to review.
         """
         if candidate.distance > self.review_radius:
-            return False, None
+            return Judgement.DIFFERENT, None
         look = second_look(query_thumbnail, candidate.thumbnail, symmetries=self.match_rotations)
         sim = look.similarity
+        if look.different:
+            return Judgement.DIFFERENT, sim
         if look.colour is False or look.shape is False:  # alike in grey only, or of another shape
-            return False, sim
+            return Judgement.LOOK_ALIKE, sim
         if sim is None:
-            return candidate.distance <= self.duplicate_radius, None
-        if candidate.distance <= self.duplicate_radius:
-            return sim >= self.min_similarity, sim
-        return sim >= self.confirm_similarity, sim
+            copy = candidate.distance <= self.duplicate_radius
+        elif candidate.distance <= self.duplicate_radius:
+            copy = sim >= self.min_similarity
+        else:
+            copy = sim >= self.confirm_similarity
+        return (Judgement.COPY if copy else Judgement.LOOK_ALIKE), sim
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +133,8 @@ def decide(lookup: Lookup, policy: Policy, query_thumbnail: bytes = b"") -> Deci
     own verification thumbnails.
 
     An exact byte match wins. Otherwise `duplicate_of` is the *earliest registered*
-    confirmed candidate (the original, not merely the closest copy: see
-    `Policy.confirmed`), and failing that the earliest within the review radius.
+    candidate judged a copy (the original, not merely the closest copy: see
+    `Policy.judge`), and failing that the earliest look-alike within the review radius.
     """
     exact = [c for c in lookup.candidates if c.match == MatchKind.EXACT]
     if exact:
@@ -129,11 +142,11 @@ def decide(lookup: Lookup, policy: Policy, query_thumbnail: bytes = b"") -> Deci
         return Decision(Verdict.DUPLICATE, first.image_id, 0, MatchKind.EXACT)
     within = sorted((c for c in lookup.candidates if c.distance <= policy.review_radius), key=lambda c: c.seq)
     review: Decision | None = None
-    for candidate in within:  # earliest first; stop at the first confirmed one
-        confirmed, sim = policy.confirmed(candidate, query_thumbnail)
-        if confirmed:
+    for candidate in within:  # earliest first; stop at the first copy
+        judgement, sim = policy.judge(candidate, query_thumbnail)
+        if judgement is Judgement.COPY:
             return Decision(Verdict.DUPLICATE, candidate.image_id, candidate.distance, MatchKind.NEAR, sim)
-        if review is None:
+        if judgement is Judgement.LOOK_ALIKE and review is None:
             review = Decision(Verdict.REVIEW, candidate.image_id, candidate.distance, MatchKind.NEAR, sim)
     return review or Decision(Verdict.ACCEPTED)
 

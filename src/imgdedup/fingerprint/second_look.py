@@ -32,6 +32,13 @@ COLOURFUL_SPREAD = 6.0
 #: Two colourful views agree when their centred colour layouts correlate at least this
 #: (the cosine of the hue angle between them, where the colour is).
 MIN_COLOUR_CORRELATION = 0.8
+#: Two views whose mean colours are both at least this saturated (distance of the mean
+#: Cb/Cr from neutral, in JPEG chroma units) have a dominant hue each...
+DOMINANT_SATURATION = 10.0
+#: ...and are different pictures when those hues are at least a right angle apart
+#: (cosine below this): a yellow planet and a green one of one render. Tints, saturation,
+#: brightness and contrast work on a copy move its hue far less.
+MIN_HUE_COSINE = 0.3
 #: Cells of the 4x4 colour grid an overlay on a copy may colour (see `colour_agrees`).
 OVERLAY_CELLS = 1
 #: The thumbnails are squares whatever the picture's shape, so a square icon and a tall
@@ -97,6 +104,9 @@ class Look(NamedTuple):
     #: False when no pair of views has aspect ratios that agree (a square icon against a
     #: tall one); None for a record without aspect ratios.
     shape: bool | None = None
+    #: True when the best-matching views have dominant hues that tell them apart
+    #: (`hues_differ`): not a look-alike to review but another picture.
+    different: bool = False
 
 
 def second_look(query: bytes, stored: bytes, *, symmetries: bool = False) -> Look:
@@ -130,10 +140,10 @@ def second_look(query: bytes, stored: bytes, *, symmetries: bool = False) -> Loo
     sim = float(scores[best_stored, best_query])
     if q.chroma is None or s.chroma is None:
         return Look(sim, None, shape)
-    colour = colour_agrees(
-        _colour_view(q.chroma, int(best_query), symmetries), _stored_colour_view(s.chroma, int(best_stored))
-    )
-    return Look(sim, colour, shape)
+    query_colour = _colour_view(q.chroma, int(best_query), symmetries)
+    stored_colour = _stored_colour_view(s.chroma, int(best_stored))
+    colour = colour_agrees(query_colour, stored_colour)
+    return Look(sim, colour, shape, different=hues_differ(query_colour, stored_colour))
 
 
 def similarity(query: bytes, stored: bytes, *, symmetries: bool = False) -> float | None:
@@ -159,6 +169,17 @@ def _colour_view(chroma: np.ndarray, view: int, symmetries: bool) -> np.ndarray:
         return _halve(chroma[view])
     source, turn = divmod(view, 8)
     return _symmetries(_halve(chroma[source]))[turn::8]  # the same turn of Cb and of Cr
+
+
+def hues_differ(query: np.ndarray, stored: np.ndarray) -> bool:
+    """Do two (2, 4, 4) Cb/Cr views have clearly different dominant hues? Only when both
+    mean colours are saturated (a grey or pastel copy says nothing) and point at least
+    a right angle apart on the Cb/Cr plane."""
+    q, s = query.reshape(2, -1).mean(axis=1), stored.reshape(2, -1).mean(axis=1)
+    q_norm, s_norm = float(np.linalg.norm(q)), float(np.linalg.norm(s))
+    if min(q_norm, s_norm) < DOMINANT_SATURATION:
+        return False
+    return float(np.dot(q, s)) / (q_norm * s_norm) < MIN_HUE_COSINE
 
 
 def colour_agrees(query: np.ndarray, stored: np.ndarray) -> bool | None:
