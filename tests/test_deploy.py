@@ -133,11 +133,12 @@ def settings_names() -> set[str]:
 def served_routes() -> dict[str, set[str]]:
     """Path -> methods the HTTP app serves (built without starting anything)."""
     from imgdedup.adapters.http_api import create_http_app
+    from imgdedup.auth import Authenticator
 
     async def readiness() -> dict[str, str]:
         return {}
 
-    app = create_http_app(None, None, Settings(), readiness)  # type: ignore[arg-type]
+    app = create_http_app(None, None, Settings(), readiness, Authenticator.disabled())  # type: ignore[arg-type]
     routes: dict[str, set[str]] = {}
     for route in app.router.routes():
         routes.setdefault(route.resource.canonical, set()).add(route.method)
