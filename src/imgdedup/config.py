@@ -168,7 +168,7 @@ class Settings:
         "port nobody else can reach).", choices=("on", "off"),
     )
     api_keys_file: str = _file(
-        "JSON file of API keys: per key an id, the SHA-256 of its token (never the token), "
+        "JSON file of API keys: per key a name, the SHA-256 of its token (never the token), "
         "its namespaces and roles (README, Authentication). Read once at start-up."
     )
     oidc_issuer: str = _doc(
