@@ -185,12 +185,12 @@ class Settings:
         "`scope` claim count too."
     )
     rate_limit_per_key: float = _doc(
-        100.0, "Sustained requests/s per credential (API key, or token subject), counted in "
+        200.0, "Sustained requests/s per credential (API key, or token subject), counted in "
         "each replica; 0 = unlimited. Beyond it: 429 `rate_limited` with Retry-After.",
         lo=0, hi=1_000_000,
     )
     rate_limit_burst: int = _doc(
-        200, "Requests a credential may make at once before IMGDEDUP_RATE_LIMIT_PER_KEY paces "
+        400, "Requests a credential may make at once before IMGDEDUP_RATE_LIMIT_PER_KEY paces "
         "it (the token bucket's size).", lo=1, hi=1_000_000,
     )
     # --- process -----------------------------------------------------------------------
