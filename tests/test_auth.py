@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -28,6 +29,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from auth_helpers import ADMIN, bearer, key_store, make_keys, write_keys_file
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from imgdedup_devtools.demo import try_lines
+from imgdedup_devtools.keys import throwaway_key
 
 from imgdedup.adapters import http_auth
 from imgdedup.adapters.http_api import create_http_app
@@ -54,6 +57,7 @@ from imgdedup.hasher import Hasher
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.metrics import Metrics
 
+ROOT = Path(__file__).resolve().parent.parent
 NS = "shop"
 #: Every protected operation: (method, path in namespace `ns`, route name).
 OPERATIONS = [
@@ -630,3 +634,25 @@ def test_serve_and_config_check_list_every_auth_problem(tmp_path: Path) -> None:
             assert fragment in result.stderr, (command, result.stderr)
     write_keys_file(broken)
     assert run_cli("config", "--check", env={"IMGDEDUP_API_KEYS_FILE": str(broken)}).returncode == 0
+
+
+# --- the demo ---------------------------------------------------------------------------
+
+
+async def test_demo_key_and_curl_lines_work(app_client: AppClient, tmp_path: Path) -> None:
+    """Every curl line the demo prints, run against a service using the demo's key file."""
+    token, keys_file = throwaway_key(tmp_path, "demo", ("demo-1",))
+    client = await app_client(build_authenticator(Settings(api_keys_file=str(keys_file))))
+    base = str(client.make_url("")).rstrip("/")
+    statuses = []
+    for line in try_lines(base, "demo-1", token).splitlines()[1:]:
+        words = shlex.split(line.split("|")[0].split("#")[0])
+        assert words[:2] == ["curl", "-s"], line
+        headers = dict(words[i + 1].split(": ", 1) for i, w in enumerate(words) if w == "-H")
+        data = [words[i + 1] for i, w in enumerate(words) if w == "--data-binary"]
+        body = (ROOT / data[0].removeprefix("@")).read_bytes() if data else None
+        method = "POST" if data else "GET"
+        async with client.session.request(method, words[-1], headers=headers, data=body) as response:
+            statuses.append(response.status)
+    # check: 200 unique; duplicates of an image not registered here: 404; no key: 401; metrics
+    assert statuses == [200, 404, 401, 200]
