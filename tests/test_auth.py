@@ -198,6 +198,38 @@ async def test_unauthenticated_upload_is_refused_before_its_body_is_read(app_cli
         writer.close()
 
 
+async def test_openapi_documents_the_security_of_every_operation(app_client: AppClient) -> None:
+    """Bearer security on exactly the protected operations, with their 401/403/429."""
+    client = await app_client(Authenticator.disabled())
+    async with client.get("/openapi.json") as response:
+        doc = await response.json()
+    scheme = doc["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    route_names = {
+        (resource.canonical, route.method.lower()): resource.name
+        for resource in client.app.router.resources() for route in resource if route.method != "HEAD"
+    }
+    codes = doc["components"]["schemas"]["Error"]["properties"]["error"]["description"]
+    for code in ("unauthenticated (401)", "forbidden (403)", "rate_limited (429)"):
+        assert code in codes
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            name = route_names[(path, method)]
+            security = operation.get("security", doc.get("security"))
+            if name in http_auth.PUBLIC_ROUTES:
+                assert security == [], (path, method)
+                continue
+            assert security == [{"bearer": []}], (path, method)
+            assert {"401", "403", "429"} <= set(operation["responses"]), (path, method)
+            role = http_auth.REQUIRED_ROLE[name].value
+            assert f"Needs the `{role}` role" in operation["description"], (path, method)
+    responses = doc["components"]["responses"]
+    assert "WWW-Authenticate" in responses["Unauthorized"]["headers"]
+    assert "Retry-After" in responses["TooManyRequests"]["headers"]
+
+
 # --- 403: roles and namespaces ----------------------------------------------------------
 
 
