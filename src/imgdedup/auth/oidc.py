@@ -167,7 +167,9 @@ class OidcVerifier:
             if scope.startswith(SCOPE_PREFIX):
                 granted.add(scope.removeprefix(SCOPE_PREFIX))
         roles = [Role(name) for name in sorted(granted) if name in ROLE_NAMES]
-        return Principal.of(f"oidc:{subject[:_MAX_SUBJECT]}", patterns, roles)
+        # Printable characters only: the id goes into log lines.
+        safe = "".join(ch for ch in subject[:_MAX_SUBJECT] if ch.isprintable())
+        return Principal.of(f"oidc:{safe}", patterns, roles)
 
 
 def _patterns(texts: Iterable[str]) -> Iterable[NamespacePattern]:
