@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from auth_helpers import write_keys_file
 from helpers import SAMPLES_DIR
 from imgdedup_devtools.broker import free_port
 
@@ -28,8 +29,10 @@ def test_serve_refuses_invalid_configuration_listing_every_problem() -> None:
         assert fragment in result.stderr, result.stderr
 
 
-def test_serve_says_which_dependency_is_unreachable() -> None:
+def test_serve_says_which_dependency_is_unreachable(tmp_path) -> None:
+    write_keys_file(tmp_path / "keys.json")
     result = run_cli("serve", env={
+        "IMGDEDUP_API_KEYS_FILE": str(tmp_path / "keys.json"),
         "IMGDEDUP_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "IMGDEDUP_HTTP_PORT": "0",
         "IMGDEDUP_HASH_WORKERS": "1",
     })
@@ -37,10 +40,13 @@ def test_serve_says_which_dependency_is_unreachable() -> None:
     assert "does not answer" in result.stderr and "IMGDEDUP_REDIS_URL" in result.stderr
 
 
-def test_config_lists_every_setting_and_check_redacts_secrets() -> None:
+def test_config_lists_every_setting_and_check_redacts_secrets(tmp_path) -> None:
     listing = run_cli("config")
     assert listing.returncode == 0 and "`IMGDEDUP_DUPLICATE_RADIUS`" in listing.stdout
-    checked = run_cli("config", "--check", env={"IMGDEDUP_REDIS_URL": "redis://u:topsecret@h:6379/0"})
+    write_keys_file(tmp_path / "keys.json")
+    checked = run_cli("config", "--check", env={
+        "IMGDEDUP_REDIS_URL": "redis://u:topsecret@h:6379/0", "IMGDEDUP_API_KEYS_FILE": str(tmp_path / "keys.json"),
+    })
     assert checked.returncode == 0
     assert "topsecret" not in checked.stdout and "u:***@h:6379" in checked.stdout
 
@@ -56,8 +62,10 @@ def test_hash_prints_fingerprints_and_errors_per_file(tmp_path) -> None:
     assert '"format": "JPEG"' in lines[0] and '"error": "undecodable_image"' in lines[1]
 
 
-def test_serve_says_kafka_is_unreachable() -> None:
+def test_serve_says_kafka_is_unreachable(tmp_path) -> None:
+    write_keys_file(tmp_path / "keys.json")
     result = run_cli("serve", env={
+        "IMGDEDUP_API_KEYS_FILE": str(tmp_path / "keys.json"),
         "IMGDEDUP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "IMGDEDUP_HTTP_PORT": "0",
         "IMGDEDUP_HASH_WORKERS": "1",
     })

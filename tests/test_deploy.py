@@ -11,7 +11,9 @@
   kubernetes-validate (strict: unknown fields fail). KEDA's CRDs have no schema there:
   they get explicit structural checks instead. Then consistency: settings, probe paths
   vs routes, ports, grace period vs drain timeout, autoscaler bounds vs partitions,
-  Secrets referenced but never committed, NetworkPolicy vs the endpoints configured.
+  Secrets referenced but never committed, NetworkPolicy vs the endpoints configured,
+  authentication on with the API keys file mounted read-only from a Secret (k8s) or
+  a compose secret.
 
 Everything runs offline in a few seconds.
 """
@@ -133,11 +135,12 @@ def settings_names() -> set[str]:
 def served_routes() -> dict[str, set[str]]:
     """Path -> methods the HTTP app serves (built without starting anything)."""
     from imgdedup.adapters.http_api import create_http_app
+    from imgdedup.auth import Authenticator
 
     async def readiness() -> dict[str, str]:
         return {}
 
-    app = create_http_app(None, None, Settings(), readiness)  # type: ignore[arg-type]
+    app = create_http_app(None, None, Settings(), readiness, Authenticator.disabled())  # type: ignore[arg-type]
     routes: dict[str, set[str]] = {}
     for route in app.router.routes():
         routes.setdefault(route.resource.canonical, set()).add(route.method)
@@ -428,6 +431,26 @@ def test_compose_grace_period_covers_the_drain() -> None:
     )
 
 
+def test_compose_takes_the_api_keys_from_a_secret() -> None:
+    """Authentication stays on, and the keys file is a compose secret whose source file
+    is kept out of git (it is made per deployment with `imgdedup keys new --file`)."""
+    app = compose()["services"]["imgdedup"]
+    settings = Settings.from_env(compose_env("imgdedup"))
+    assert settings.auth == "on"
+    secrets = compose()["secrets"]
+    (entry,) = app["secrets"]
+    name = entry if isinstance(entry, str) else entry["source"]
+    target = entry if isinstance(entry, str) else entry.get("target", name)
+    assert settings.api_keys_file == f"/run/secrets/{target}"
+    source = (COMPOSE.parent / secrets[name]["file"]).resolve()
+    assert source.parent == DOCKER
+    ignored = run("git", "check-ignore", "-q", str(source.relative_to(ROOT)))
+    assert ignored.returncode == 0, f"{source} must be git-ignored"
+    assert f"--file docker/{source.name}" in COMPOSE.read_text(), "compose.yaml shows how to make the keys file"
+    dockerignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+    assert f"!docker/{source.name}" not in dockerignore, "the keys file must not enter the image"
+
+
 def test_compose_prometheus_scrapes_the_service() -> None:
     prometheus = compose()["services"]["prometheus"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
@@ -646,6 +669,31 @@ def test_overlay_takes_credentials_from_operator_secrets() -> None:
         assert f"create secret generic {secret}" in readme and f"{Path(path).name}=" in readme
     assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_mechanism
     assert settings.redis_url.startswith("rediss://") and settings.redis_username
+
+
+@pytest.mark.parametrize("name", list(RENDERS))
+def test_api_keys_file_is_mounted_read_only_from_a_secret(name: str) -> None:
+    """Authentication stays on; the keys file the settings name lies in a read-only mount
+    of an operator-created Secret whose key is the file's name, as k8s/README.md shows."""
+    settings = k8s_settings(name)
+    assert settings.auth == "on"
+    path = settings.api_keys_file
+    assert path, "no API keys file: the pods would not start"
+    mounts = {m["mountPath"]: m for m in container(name)["volumeMounts"]}
+    mount = next(m for p, m in mounts.items() if path.startswith(p + "/"))
+    assert mount.get("readOnly") is True
+    assert "subPath" not in mount, "a subPath mount never sees an updated Secret"
+    volumes = {v["name"]: v for v in one(name, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    assert secret.get("optional") is not True, "without its keys the service must not start"
+    file_name = path[len(mount["mountPath"]) + 1:]
+    items = {item["path"]: item["key"] for item in secret.get("items", [])}
+    key = items.get(file_name, file_name)
+    assert "/" not in file_name or file_name in items
+    readme = (K8S / "README.md").read_text()
+    assert f"create secret generic {secret['secretName']}" in readme
+    assert f"--from-file={key}=" in readme, f"k8s/README.md does not show the key {key} of {secret['secretName']}"
+    assert int(secret.get("defaultMode", 0o644)) & 0o007 == 0, "the keys file must not be world-readable"
 
 
 def test_overlay_redis_tls_options_reach_the_redis_client() -> None:

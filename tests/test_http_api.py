@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from auth_helpers import admin_auth
 from helpers import SAMPLES_DIR
 from PIL import Image, ImageEnhance
 
@@ -166,7 +167,10 @@ async def make_client(
     clients: list[TestClient] = []
 
     async def make(dedup: Deduplicator, readiness: Readiness = _all_ok) -> TestClient:
-        client = TestClient(TestServer(create_http_app(dedup, metrics, settings, readiness)))
+        # Authentication on, as deployed: every request carries an admin key.
+        auth, headers = admin_auth()
+        app = create_http_app(dedup, metrics, settings, readiness, auth)
+        client = TestClient(TestServer(app), headers=headers)
         await client.start_server()
         clients.append(client)
         return client
@@ -588,9 +592,14 @@ async def _raw_exchange(client: TestClient, request: bytes) -> tuple[int, dict[s
         writer.close()
 
 
+def _auth_line(client: TestClient) -> str:
+    """The client's Authorization header, for requests written by hand."""
+    return f"Authorization: {client.session.headers['Authorization']}\r\n"
+
+
 async def test_too_large_content_length_is_refused_before_reading(client: TestClient) -> None:
     head = (
-        f"POST {image_url('huge')} HTTP/1.1\r\nHost: test\r\n"
+        f"POST {image_url('huge')} HTTP/1.1\r\nHost: test\r\n{_auth_line(client)}"
         f"Content-Type: image/jpeg\r\nContent-Length: {50 * MAX_BYTES}\r\n\r\n"
     )
     status, body = await _raw_exchange(client, head.encode() + b"\xff\xd8\xff")
@@ -601,7 +610,7 @@ async def test_too_large_chunked_body_is_cut_off_at_the_limit(client: TestClient
     chunk = b"\x00" * 16384
     chunks = (b"4000\r\n" + chunk + b"\r\n") * (MAX_BYTES // len(chunk) + 2)  # limit + ~16 KiB
     head = (
-        f"POST {image_url('chunked')} HTTP/1.1\r\nHost: test\r\n"
+        f"POST {image_url('chunked')} HTTP/1.1\r\nHost: test\r\n{_auth_line(client)}"
         "Content-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     # the terminating 0-length chunk is never sent

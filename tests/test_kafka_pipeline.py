@@ -22,6 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from auth_helpers import write_keys_file
 from imagegen import distinct_image, encode, variants
 from imgdedup_devtools.broker import TansuBroker
 
@@ -52,10 +53,13 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Stack]:
+async def stack(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """Settings (and the equivalent environment) for one isolated pipeline."""
     tag = uuid.uuid4().hex[:10]
+    keys_file = tmp_path_factory.mktemp("keys") / "api-keys.json"
+    write_keys_file(keys_file)  # authentication on, as deployed (these tests use no /v1 route)
     values = {
+        "api_keys_file": str(keys_file),
         "kafka_bootstrap": kafka_bootstrap,
         "kafka_input_topic": f"uploads-{tag}",
         "kafka_decisions_topic": f"decisions-{tag}",

@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
+from auth_helpers import bearer, write_keys_file
 from imagegen import distinct_image, encode
 from imgdedup_devtools.broker import TansuBroker
 from PIL import Image
@@ -122,11 +123,12 @@ def capture_logs() -> Iterator[Callable[[str, str], io.StringIO]]:
 
 
 @pytest.fixture
-async def http_service() -> AsyncIterator[tuple[Service, aiohttp.ClientSession, str]]:
-    service = Service(Settings(http_port=0, hash_workers=1))
+async def http_service(tmp_path: Path) -> AsyncIterator[tuple[Service, aiohttp.ClientSession, str]]:
+    (token,) = write_keys_file(tmp_path / "api-keys.json").values()
+    service = Service(Settings(http_port=0, hash_workers=1, api_keys_file=str(tmp_path / "api-keys.json")))
     await service.start()
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=bearer(token)) as session:
             yield service, session, f"http://127.0.0.1:{service.http_port}"
     finally:
         await service.stop()
@@ -354,9 +356,11 @@ def broker() -> Iterator[str]:
 
 
 @pytest.mark.integration
-async def test_kafka_pipeline_metrics_and_event_logs(broker: str, capture_logs) -> None:
+async def test_kafka_pipeline_metrics_and_event_logs(broker: str, capture_logs, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
+    write_keys_file(tmp_path / "api-keys.json")
     settings = Settings(
+        api_keys_file=str(tmp_path / "api-keys.json"),
         kafka_bootstrap=broker,
         kafka_input_topic=f"obs-uploads-{tag}",
         kafka_decisions_topic=f"obs-decisions-{tag}",

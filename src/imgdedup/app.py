@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError
 from imgdedup.adapters.http_api import create_http_app
 from imgdedup.adapters.kafka_consumer import UploadConsumer
 from imgdedup.adapters.url_fetch import UrlFetcher
+from imgdedup.auth import Authenticator, OidcUnavailable, build_authenticator
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.errors import StartupError
@@ -37,12 +38,21 @@ class Service:
         self.fetcher: UrlFetcher | None = None
         self.dedup: Deduplicator | None = None
         self.consumer: UploadConsumer | None = None
+        self.auth: Authenticator | None = None
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
 
     async def start(self) -> None:
         s = self.settings
         try:
+            # First: a bad keys file or an unreachable issuer fails before anything starts.
+            self.auth = build_authenticator(s)  # raises ConfigError listing every problem
+            try:
+                await self.auth.start()
+            except OidcUnavailable as exc:
+                raise StartupError(
+                    f"{exc}; start the identity provider or fix IMGDEDUP_OIDC_ISSUER"
+                ) from exc
             self.index = await open_index(s)
             self.hasher = Hasher(s.image_limits, s.effective_hash_workers)
             await self.hasher.start()
@@ -53,7 +63,7 @@ class Service:
                 max_bytes=s.max_image_bytes, timeout_s=s.url_fetch_timeout_s, allow_private=s.allow_private_urls
             )
             await self.fetcher.start()
-            app = create_http_app(self.dedup, self.metrics, s, self.readiness)
+            app = create_http_app(self.dedup, self.metrics, s, self.readiness, self.auth)
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=s.shutdown_timeout_s)
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.http_host, s.http_port)
@@ -80,6 +90,7 @@ class Service:
                 "http": f"{s.http_host}:{self.http_port}",
                 "kafka": s.kafka_bootstrap or "disabled",
                 "hash_workers": s.effective_hash_workers,
+                "auth": _auth_summary(self.auth),
             },
         )
 
@@ -113,6 +124,17 @@ class Service:
                 await close()
             except Exception:
                 log.exception("closing %s failed", name)
+
+
+def _auth_summary(auth: Authenticator | None) -> str:
+    if auth is None or not auth.enabled:
+        return "off"
+    sources = []
+    if auth.keys is not None:
+        sources.append(f"{len(auth.keys)} API keys")
+    if auth.oidc is not None:
+        sources.append(f"OIDC {auth.oidc.issuer}")
+    return ", ".join(sources)
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

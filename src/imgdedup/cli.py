@@ -1,4 +1,4 @@
-"""`imgdedup` command line: serve, config, hash, scan, and plugged-in commands."""
+"""`imgdedup` command line: serve, config, keys, hash, scan, and plugged-in commands."""
 
 from __future__ import annotations
 
@@ -15,19 +15,20 @@ from imgdedup.config import ConfigError, Settings
 def _cmd_serve(args: argparse.Namespace) -> int:
     from imgdedup import logs
     from imgdedup.app import serve
+    from imgdedup.auth import startup_problems
     from imgdedup.errors import StartupError
 
     try:
-        settings = Settings.from_env()
-        missing = settings.file_problems()
-        if missing:
-            raise ConfigError(missing)
+        settings = Settings.from_env_checked([Settings.file_problems, startup_problems])
     except ConfigError as exc:
         print(f"imgdedup: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
+    except ConfigError as exc:  # the keys file changed between the check above and start-up
+        print(f"imgdedup: {exc}", file=sys.stderr)
+        return 2
     except StartupError as exc:
         print(f"imgdedup: {exc}", file=sys.stderr)
         return 1
@@ -36,8 +37,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     if args.check:
+        from imgdedup.auth import startup_problems
+
         try:
-            settings = Settings.from_env()
+            settings = Settings.from_env_checked([startup_problems])
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
@@ -66,6 +69,13 @@ def _cmd_hash(args: argparse.Namespace) -> int:
             print(json.dumps({"file": path, "error": getattr(exc, "code", "io_error"), "detail": str(exc)}))
             status = 1
     return status
+
+
+def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from imgdedup.auth import keys_cli
+
+    keys = sub.add_parser("keys", help="create API keys for IMGDEDUP_API_KEYS_FILE")
+    keys_cli.add_arguments(keys)
 
 
 def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     hash_ = sub.add_parser("hash", help="print the fingerprint of image files")
     hash_.add_argument("files", nargs="+")
     hash_.set_defaults(func=_cmd_hash)
+    _add_keys(sub)
     _add_scan(sub)
     _add_plugins(sub)
     return parser

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -160,6 +160,39 @@ class Settings:
     # --- HTTP --------------------------------------------------------------------------
     http_host: str = _doc("127.0.0.1", "HTTP listen address (0.0.0.0 in containers).")
     http_port: int = _doc(8080, "HTTP listen port.", lo=0, hi=65535)
+    # --- authentication ----------------------------------------------------------------
+    auth: str = _doc(
+        "on", "on: every /v1 request needs `Authorization: Bearer <token>`, an API key "
+        "(IMGDEDUP_API_KEYS_FILE) or an OIDC token (IMGDEDUP_OIDC_ISSUER), and start-up fails "
+        "without either; off: no authentication at all, with a warning at start-up (only for a "
+        "port nobody else can reach).", choices=("on", "off"),
+    )
+    api_keys_file: str = _file(
+        "JSON file of API keys: per key a name, the SHA-256 of its token (never the token), "
+        "its namespaces and roles (README, Authentication). Read once at start-up."
+    )
+    oidc_issuer: str = _doc(
+        "", "OpenID Connect issuer URL, exactly the `iss` of its tokens (https, or http on a "
+        "loopback address); its discovery document names the keys JWTs are verified with. "
+        "Empty: JWTs are not accepted."
+    )
+    oidc_audience: str = _doc("", "The `aud` a JWT must carry; required with IMGDEDUP_OIDC_ISSUER.")
+    oidc_namespaces_claim: str = _doc(
+        "imgdedup_namespaces", "JWT claim listing the namespaces (exact or `prefix-*`) the caller may use."
+    )
+    oidc_roles_claim: str = _doc(
+        "imgdedup_roles", "JWT claim listing the caller's roles; `imgdedup:<role>` entries of the "
+        "`scope` claim count too."
+    )
+    rate_limit_per_key: float = _doc(
+        200.0, "Sustained requests/s per credential (API key, or token subject), counted in "
+        "each replica; 0 = unlimited. Beyond it: 429 `rate_limited` with Retry-After.",
+        lo=0, hi=1_000_000,
+    )
+    rate_limit_burst: int = _doc(
+        400, "Requests a credential may make at once before IMGDEDUP_RATE_LIMIT_PER_KEY paces "
+        "it (the token bucket's size).", lo=1, hi=1_000_000,
+    )
     # --- process -----------------------------------------------------------------------
     log_level: str = _doc("INFO", "DEBUG, INFO, WARNING or ERROR.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = _doc("json", "json or text.", choices=("json", "text"))
@@ -202,6 +235,23 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read, convert and validate; raise `ConfigError` listing every problem."""
+        return cls._read(environ, overrides, ())
+
+    @classmethod
+    def from_env_checked(
+        cls, checks: Sequence[Callable[[Settings], list[str]]], environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """`from_env`, with the problems of the extra `checks` (files that must exist where
+        the service starts, the keys file) reported in the same `ConfigError`."""
+        return cls._read(environ, {}, checks)
+
+    @classmethod
+    def _read(
+        cls,
+        environ: Mapping[str, str] | None,
+        overrides: Mapping[str, Any],
+        checks: Sequence[Callable[[Settings], list[str]]],
+    ) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         problems: list[str] = []
@@ -225,6 +275,8 @@ class Settings:
         # conversion and range problems together.
         settings = cls(**values)
         problems.extend(settings.problems())
+        for check in checks:
+            problems.extend(check(settings))
         if problems:
             raise ConfigError(problems)
         return settings
@@ -283,6 +335,7 @@ class Settings:
             )
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.redis_prefix):
             problems.append(f"{PREFIX}REDIS_PREFIX={self.redis_prefix!r}: use 1-64 of [A-Za-z0-9_.:-]")
+        problems.extend(self._oidc_problems())
         if self.kafka_bootstrap:
             for hostport in self.kafka_bootstrap.split(","):
                 match = re.fullmatch(r"([^\s:,]+|\[[0-9a-fA-F:]+\]):(\d{1,5})", hostport.strip())
@@ -298,6 +351,27 @@ class Settings:
                     f"{PREFIX}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
                     f"{PREFIX}KAFKA_SASL_MECHANISM"
                 )
+        return problems
+
+    def _oidc_problems(self) -> list[str]:
+        if bool(self.oidc_issuer) != bool(self.oidc_audience):
+            return [
+                f"{PREFIX}OIDC_ISSUER and {PREFIX}OIDC_AUDIENCE go together: without an audience a "
+                "token the issuer made for any other application would be accepted"
+            ]
+        if not self.oidc_issuer:
+            return []
+        problems = []
+        parts = urlsplit(self.oidc_issuer)
+        loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            problems.append(
+                f"{PREFIX}OIDC_ISSUER={self.oidc_issuer!r}: must be an https:// URL (http:// only "
+                "on a loopback address)"
+            )
+        for name in ("oidc_namespaces_claim", "oidc_roles_claim"):
+            if not getattr(self, name):
+                problems.append(f"{PREFIX}{name.upper()} must name a claim")
         return problems
 
     def file_problems(self) -> list[str]:

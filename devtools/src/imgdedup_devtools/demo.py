@@ -4,7 +4,8 @@ Starts a Kafka-compatible broker (Tansu), uses Redis if one answers (else the in
 index, saying so), starts the service, publishes sample uploads with real variants
 (re-encoded, resized, colour-shifted copies of the sample photos, an exact copy, a
 corrupt file and a malformed event), prints every decision, then keeps serving HTTP
-until Ctrl-C.
+until Ctrl-C. Authentication is on, as deployed: the demo makes a throw-away API key
+(admin in its own namespaces, gone when it stops) and prints curl lines that use it.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -28,6 +31,7 @@ from imgdedup.app import Service
 from imgdedup.config import Settings
 from imgdedup_devtools.bench.images import encode, sample, sample_bytes
 from imgdedup_devtools.broker import TansuBroker, free_port
+from imgdedup_devtools.keys import throwaway_key
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True)
     redis_url = env.get("IMGDEDUP_REDIS_URL", "redis://127.0.0.1:6379/0")
     use_redis = await _redis_answers(redis_url)
     print("imgdedup demo")
+    key_folder = tempfile.TemporaryDirectory(prefix="imgdedup-demo-keys-")
     broker = TansuBroker().start()
     try:
         print(f"  broker : Tansu (Kafka protocol) on {broker.bootstrap}, in-memory")
@@ -107,7 +112,9 @@ async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True)
         except OSError:
             port = free_port()
         namespace = f"demo-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        token, keys_file = throwaway_key(Path(key_folder.name), "demo", (namespace,))
         overrides = {
+            "api_keys_file": str(keys_file),
             "kafka_bootstrap": broker.bootstrap,
             "redis_url": redis_url if use_redis else "",
             "http_port": port,
@@ -120,7 +127,8 @@ async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True)
         await ensure_topics(settings, partitions=3)
         service = Service(settings)
         await service.start()
-        print(f"  service: HTTP on http://{settings.http_host}:{service.http_port}, namespace {namespace!r}\n")
+        print(f"  service: HTTP on http://{settings.http_host}:{service.http_port}, namespace {namespace!r}")
+        print(f"  API key: {token} (admin in {namespace!r}; a throw-away key, gone when the demo stops)\n")
         interrupted = asyncio.create_task(stop.wait())
         try:
             publishing = asyncio.create_task(_publish_and_print(settings, namespace))
@@ -131,13 +139,7 @@ async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True)
             else:
                 publishing.result()
             if keep_serving and not stop.is_set():
-                print(
-                    "\nServing HTTP until Ctrl-C. Try:\n"
-                    f"  curl -s -H 'Content-Type: image/jpeg' --data-binary @devtools/src/imgdedup_devtools/samples/coffee.jpg "
-                    f"http://{settings.http_host}:{service.http_port}/v1/namespaces/{namespace}/check\n"
-                    f"  curl -s http://{settings.http_host}:{service.http_port}/v1/namespaces/{namespace}/images/astronaut.jpg/duplicates\n"
-                    f"  curl -s http://{settings.http_host}:{service.http_port}/metrics | grep imgdedup_decisions"
-                )
+                print("\n" + try_lines(f"http://{settings.http_host}:{service.http_port}", namespace, token))
                 await stop.wait()
             print("\nstopping: draining, committing, closing")
         finally:
@@ -153,9 +155,24 @@ async def run_demo(env: dict[str, str] | None = None, keep_serving: bool = True)
             await service.stop()
     finally:
         broker.stop()
+        key_folder.cleanup()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def try_lines(base: str, namespace: str, token: str) -> str:
+    """What to try while the demo serves: curl lines that use the demo's key."""
+    auth = f"-H 'Authorization: Bearer {token}'"
+    sample = "devtools/src/imgdedup_devtools/samples/coffee.jpg"
+    return (
+        "Serving HTTP until Ctrl-C. Try:\n"
+        f"  curl -s {auth} -H 'Content-Type: image/jpeg' --data-binary @{sample} "
+        f"{base}/v1/namespaces/{namespace}/check\n"
+        f"  curl -s {auth} {base}/v1/namespaces/{namespace}/images/astronaut.jpg/duplicates\n"
+        f"  curl -s {base}/v1/namespaces/{namespace}/images/astronaut.jpg   # no key: 401 unauthenticated\n"
+        f"  curl -s {base}/metrics | grep imgdedup_decisions"
+    )
 
 
 async def _publish_and_print(settings: Settings, namespace: str) -> None:

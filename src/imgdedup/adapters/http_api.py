@@ -2,7 +2,8 @@
 
 Handlers only translate between HTTP and the `Deduplicator` use cases, so this path and
 the Kafka path decide identically. One middleware maps every failure to the
-`{"error": CODE, "detail": TEXT}` body and counts requests by route template.
+`{"error": CODE, "detail": TEXT}` body and counts requests by route template; inside it,
+`http_auth.auth_middleware` admits only callers whose credential allows the route.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from imgdedup.adapters.decision_view import decision_view
+from imgdedup.adapters.http_auth import AUTH, auth_middleware, check_route_policies
+from imgdedup.auth import Authenticator
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import CheckResult, Deduplicator
 from imgdedup.errors import ImageTooLarge, IndexUnavailable, InputError, TransientError
@@ -66,12 +69,17 @@ def create_http_app(
     metrics: Metrics,
     settings: Settings,
     readiness: Readiness,
+    auth: Authenticator,
 ) -> web.Application:
-    """Build the aiohttp application; the caller owns the runner and the dedup's lifecycle."""
+    """Build the aiohttp application; the caller owns the runner and the dedup's lifecycle.
+    `auth` decides who may call what (`Authenticator.disabled()`: everyone, everything)."""
     # +1: some aiohttp versions refuse a body of exactly client_max_size bytes; the exact
     # limit is checked again after reading, so the boundary is the same on every version.
-    app = web.Application(client_max_size=settings.max_image_bytes + 1, middlewares=[_middleware])
+    app = web.Application(
+        client_max_size=settings.max_image_bytes + 1, middlewares=[_middleware, auth_middleware]
+    )
     app[STATE] = _State(dedup, metrics, settings, readiness, _load_openapi())
+    app[AUTH] = auth
     image = "/v1/namespaces/{ns}/images/{image_id}"
     app.router.add_post(image, _register, name="image_register")
     app.router.add_get(image, _get_record, name="image")
@@ -82,6 +90,7 @@ def create_http_app(
     app.router.add_get("/readyz", _readyz, name="readyz")
     app.router.add_get("/metrics", _metrics, name="metrics")
     app.router.add_get("/openapi.json", _openapi, name="openapi")
+    check_route_policies(app)
     return app
 
 

@@ -12,7 +12,9 @@ instead), on Redis (--redis-url, fresh key prefix) or the in-memory index. Pre-e
    and never-registered images: requests/s, latency p50/p99; every answer is checked
    (`duplicate` of the right original, or `unique`).
 
-Redis keys and the service process are removed before it exits.
+The service runs with authentication on, as deployed, and a throw-away admin key (no
+request limit: the benchmark measures the service, not the limiter). Redis keys, the key
+and the service process are removed before it exits.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import platform
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ from imgdedup_devtools.bench.common import (
 from imgdedup_devtools.bench.service_options import add_service_arguments, clean_up_redis, service_values
 from imgdedup_devtools.bench.uploads import Upload, add_workload_arguments, build_uploads, cache_dir, mean_kb, workload
 from imgdedup_devtools.broker import free_port
+from imgdedup_devtools.keys import throwaway_key
 
 NAMESPACE = "bench"
 
@@ -131,7 +135,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     prefix = bench_prefix("http")
     port = free_port()
-    values = {**service_values(args, prefix, shutdown_timeout_s=10.0), "http_port": port}
+    key_folder = tempfile.TemporaryDirectory(prefix="imgdedup-bench-http-keys-")
+    token, keys_file = throwaway_key(Path(key_folder.name), "bench-http")
+    values = {**service_values(args, prefix, shutdown_timeout_s=10.0), "http_port": port,
+              "api_keys_file": str(keys_file), "rate_limit_per_key": 0.0}
     process: subprocess.Popen[bytes] | None = None
     service: Any = None
     log_path = Path(f"/tmp/imgdedup-bench-http-{port}.log")
@@ -149,7 +156,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/readyz", 90, process)
         base = f"http://127.0.0.1:{port}"
         connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120),
+                                         headers={"Authorization": f"Bearer {token}"}) as session:
             # warm-up: start the hashing workers' imports and the keep-alive connections
             warm = build_uploads(args.concurrency, dup_fraction=0.0, seed=args.seed + 777, cache_dir=cache_dir(args),
                                  log=False)
@@ -189,6 +197,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 print(f"service log: {log_path}", file=sys.stderr)
         await clean_up_redis(args, prefix)
+        key_folder.cleanup()
     return result
 
 

@@ -61,6 +61,7 @@ from imgdedup_devtools.bench.uploads import (
     workload,
 )
 from imgdedup_devtools.broker import TansuBroker, free_port
+from imgdedup_devtools.keys import throwaway_key
 
 NAMESPACE = "bench"
 WARMUP_NAMESPACE = "warmup"
@@ -354,6 +355,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "kafka_dlq_topic": f"bench-uploads-{tag}.dlq",
             "kafka_group_id": f"imgdedup-bench-{tag}",
             "kafka_commit_interval_ms": 500,
+            # Authentication on, as deployed: the replicas need a key to start (this
+            # benchmark itself only reads their public /readyz and /metrics).
+            "api_keys_file": str(throwaway_key(logdir, "bench-pipeline")[1]),
             **service_values(args, prefix, shutdown_timeout_s=20.0),
         }
         settings = Settings(**settings_values)
