@@ -354,3 +354,8 @@ def test_tls_files_are_checked_and_reach_the_clients(tmp_path):
     options = connection_options(kafka)
     assert options["ssl_context"] is not None and options["sasl_mechanism"] == "SCRAM-SHA-512"
     assert options["sasl_plain_password"] == "pw"
+
+
+def test_distinct_similarity_above_min_similarity_is_refused() -> None:
+    with pytest.raises(ConfigError, match="DISTINCT_SIMILARITY"):
+        Settings.from_env({"IMGDEDUP_DISTINCT_SIMILARITY": "0.9", "IMGDEDUP_MIN_SIMILARITY": "0.8"})

@@ -114,16 +114,41 @@ def test_review_band_candidate_confirmed_by_thumbnails_is_a_duplicate(photos):
     decision = decide(found, policy, query)
     assert (decision.verdict, decision.duplicate_of, decision.distance) == (Verdict.DUPLICATE, "copy", 11)
     assert decision.similarity >= 0.9
-    # Unconfirmed, the earliest candidate in the band is named for review.
+    # Unconfirmed, the earliest look-alike in the band is named for review; the other
+    # photo, whose code met the query's by chance, is another picture and not named.
     strict = decide(found, Policy(8, 12, confirm_similarity=1.0), query)
-    assert (strict.verdict, strict.duplicate_of) == (Verdict.REVIEW, "other")
+    assert (strict.verdict, strict.duplicate_of) == (Verdict.REVIEW, "copy")
+    assert second_look(query, other).similarity < Policy(8, 12).distinct_similarity
+    alone = decide(Lookup((candidate("other", 1, 10, other),)), Policy(8, 12), query)
+    assert alone.verdict is Verdict.ACCEPTED
+    every_candidate = Policy(8, 12, confirm_similarity=1.0, distinct_similarity=-1.0)
+    assert decide(found, every_candidate, query).duplicate_of == "other"
+
+
+def boxed(image: Image.Image, side: float) -> Image.Image:
+    """The picture with a black box over its centre, `side` of its width and height."""
+    w, h = image.size
+    out = image.copy()
+    out.paste((0, 0, 0), (round(w * (0.5 - side / 2)), round(h * (0.5 - side / 2)),
+                          round(w * (0.5 + side / 2)), round(h * (0.5 + side / 2))))
+    return out
 
 
 def test_look_alike_within_the_duplicate_radius_goes_to_review(photos):
+    query, stored = thumbs(boxed(photos["chelsea"], 0.2)), thumbs(photos["chelsea"])
+    decision = decide(Lookup((candidate("stored", 1, 5, stored),)), Policy(8, 12, min_similarity=0.9), query)
+    assert (decision.verdict, decision.duplicate_of) == (Verdict.REVIEW, "stored")
+    assert Policy(8, 12).distinct_similarity <= decision.similarity < 0.9
+
+
+def test_a_candidate_that_hardly_correlates_is_another_picture(photos):
     query, other = thumbs(photos["chelsea"]), thumbs(photos["camera"])
-    decision = decide(Lookup((candidate("other", 1, 5, other),)), Policy(8, 12, min_similarity=0.9), query)
-    assert (decision.verdict, decision.duplicate_of) == (Verdict.REVIEW, "other")
-    assert decision.similarity < 0.9
+    policy = Policy(8, 12)
+    decision = decide(Lookup((candidate("other", 1, 5, other),)), policy, query)
+    assert decision.verdict is Verdict.ACCEPTED
+    assert second_look(query, other).similarity < policy.distinct_similarity
+    reviewing_everything = Policy(8, 12, distinct_similarity=-1.0)
+    assert decide(Lookup((candidate("other", 1, 5, other),)), reviewing_everything, query).verdict is Verdict.REVIEW
 
 
 def test_earliest_confirmed_candidate_wins(photos):

@@ -101,6 +101,11 @@ class Settings:
         "the review radius (a crop, a heavier edit) is a duplicate instead of `review`.",
         lo=-1.0, hi=1.0
     )
+    distinct_similarity: float = _doc(
+        0.6, "Thumbnail correlation below which a candidate within the review radius is another "
+        "picture (the codes met by chance): neither a duplicate nor `review`.",
+        lo=-1.0, hi=1.0
+    )
     # --- input limits ------------------------------------------------------------------
     max_image_bytes: int = _doc(
         25 * 1024 * 1024, "Largest accepted image, in bytes (HTTP body, event payload, URL "
@@ -220,7 +225,7 @@ class Settings:
 
         return Policy(
             self.duplicate_radius, self.review_radius, self.min_similarity, self.confirm_similarity,
-            self.match_rotations,
+            self.match_rotations, self.distinct_similarity,
         )
 
     @property
@@ -308,6 +313,12 @@ class Settings:
                 f"{PREFIX}REVIEW_RADIUS={self.review_radius} is below "
                 f"{PREFIX}DUPLICATE_RADIUS={self.duplicate_radius}: the review band would be empty "
                 "in a way that hides a typo; set them equal to disable review"
+            )
+        if self.distinct_similarity > self.min_similarity:
+            problems.append(
+                f"{PREFIX}DISTINCT_SIMILARITY={self.distinct_similarity} is above "
+                f"{PREFIX}MIN_SIMILARITY={self.min_similarity}: a candidate cannot be both "
+                "another picture and a duplicate"
             )
         for certificate, key in (("redis_ssl_certfile", "redis_ssl_keyfile"), ("kafka_ssl_certfile", "kafka_ssl_keyfile")):
             if bool(getattr(self, certificate)) != bool(getattr(self, key)):

@@ -73,12 +73,17 @@ class Policy:
     confirm_similarity: float = 0.94
     #: The mirror/rotation mode: the second look also compares mirrored/rotated views.
     match_rotations: bool = False
+    #: Below this similarity a candidate is another picture whose code met the query's by
+    #: chance: ignored, not sent to review.
+    distinct_similarity: float = 0.6
 
     def __post_init__(self) -> None:
         if not 0 <= self.duplicate_radius <= self.review_radius:
             raise ValueError("need 0 <= duplicate_radius <= review_radius")
-        if not -1.0 <= self.min_similarity <= 1.0 or not -1.0 <= self.confirm_similarity <= 1.0:
+        if not all(-1.0 <= value <= 1.0 for value in (self.min_similarity, self.confirm_similarity, self.distinct_similarity)):
             raise ValueError("similarities are correlations: need -1 <= value <= 1")
+        if self.distinct_similarity > self.min_similarity:
+            raise ValueError("need distinct_similarity <= min_similarity")
 
     def judge(self, candidate: Candidate, query_thumbnail: bytes) -> tuple[Judgement, float | None]:
         """What a near candidate is to the query, and the similarity measured.
@@ -87,14 +92,15 @@ class Policy:
         shape checks. Within the duplicate radius it only has to rule out a look-alike
         (>= `min_similarity`); between the duplicate and the review radius it has to
         confirm a copy (>= `confirm_similarity`). A candidate stored without thumbnails is
-        judged by distance alone. Views whose dominant hues differ are another picture,
-        not a look-alike for a person to review.
+        judged by distance alone. A candidate whose views hardly correlate
+        (< `distinct_similarity`) or whose dominant hue differs is another picture, not a
+        look-alike for a person to review.
         """
         if candidate.distance > self.review_radius:
             return Judgement.DIFFERENT, None
         look = second_look(query_thumbnail, candidate.thumbnail, symmetries=self.match_rotations)
         sim = look.similarity
-        if look.different:
+        if look.different or (sim is not None and sim < self.distinct_similarity):
             return Judgement.DIFFERENT, sim
         if look.colour is False or look.shape is False:  # alike in grey only, or of another shape
             return Judgement.LOOK_ALIKE, sim
