@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from helpers import SAMPLES_DIR
+from imagegen import poison_tiff
 from PIL import Image, ImageEnhance
 
 from imgdedup.adapters.decision_view import DecisionView
@@ -516,6 +517,14 @@ async def test_undecodable_image_is_400(client: TestClient) -> None:
         await client.post(image_url("t"), data=truncated, headers=JPEG), 400, "undecodable_image"
     )
     await assert_error(await client.get(image_url("g")), 404, "not_found")
+
+
+async def test_a_file_the_decoder_fails_on_unexpectedly_is_400_not_500(client: TestClient) -> None:
+    """Pillow raises TypeError, not OSError, on this TIFF: a corrupt file all the same."""
+    tiff = poison_tiff()
+    for url in (image_url("poison"), check_url()):
+        response = await client.post(url, data=tiff, headers={"Content-Type": "image/tiff"})
+        await assert_error(response, 400, "undecodable_image")
 
 
 async def test_empty_body_is_400(client: TestClient) -> None:
