@@ -31,9 +31,9 @@ from imgdedup.adapters.http_api import METRICS_CONTENT_TYPE, create_http_app
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.decisions.rules import Policy
-from imgdedup.errors import ContentionError, IndexUnavailable
+from imgdedup.errors import ContentionError, IndexUnavailable, InputError
 from imgdedup.fingerprint import ImageLimits, hamming
-from imgdedup.hasher import Hasher, HashingCrashed
+from imgdedup.hasher import Hasher, HashingCrashed, HashingTimeout
 from imgdedup.index.interface import DedupIndex
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.index.redis.index import RedisMihIndex
@@ -783,15 +783,20 @@ async def test_unexpected_error_is_500_without_traceback(
     assert (errors[0].namespace, errors[0].image_id) == (NS, "x")  # type: ignore[attr-defined]
 
 
-async def test_hashing_crash_is_422(client_hashing_with: ClientHashingWith) -> None:
-    async def crash(data: bytes) -> Any:
-        raise HashingCrashed("the image crashed the decoder twice")
+@pytest.mark.parametrize(
+    "error",
+    [HashingCrashed("the image crashed the decoder process"), HashingTimeout("it took too long")],
+    ids=lambda e: e.code,
+)
+async def test_an_image_that_kills_or_overruns_its_worker_is_422(
+    client_hashing_with: ClientHashingWith, error: InputError
+) -> None:
+    async def refuse(data: bytes) -> Any:
+        raise error
 
-    client = await client_hashing_with(crash)
+    client = await client_hashing_with(refuse)
     await assert_error(
-        await client.post(image_url("x"), data=original("camera"), headers=JPEG),
-        422,
-        "hashing_crashed",
+        await client.post(image_url("x"), data=original("camera"), headers=JPEG), 422, error.code
     )
 
 

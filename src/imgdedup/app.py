@@ -44,7 +44,7 @@ class Service:
         s = self.settings
         try:
             self.index = await open_index(s)
-            self.hasher = Hasher(s.image_limits, s.effective_hash_workers)
+            self.hasher = Hasher(s.image_limits, s.effective_hash_workers, time_limit_s=s.hash_timeout_s)
             await self.hasher.start()
             self.dedup = Deduplicator(
                 self.index, self.hasher, s.policy, self.metrics, s.max_in_flight
