@@ -272,6 +272,7 @@ async def test_poison_records_are_rejected_and_their_partition_moves_on(
     unexpected error, each get a rejection and a dead letter; the records behind them in
     their partition are decided, and the committed offset passes them all."""
     settings = stack.settings
+    assert service.hasher is not None and service.hasher.time_limit_s == settings.hash_timeout_s
     assert service.dedup is not None
     register = service.dedup.register
     secret = "secret-internal-state-5678"
