@@ -72,15 +72,18 @@ class Hasher:
         self._work = partial(_fingerprint_each, compute, limits)
         self._pool: RenewingPool | None = None
 
-    def _new_executor(self) -> Executor:
+    def _new_executor(self, workers: int) -> Executor:
         if self._use_threads:
-            return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hasher")
+            return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hasher")
         return ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
         )
 
     async def start(self) -> None:
-        self._pool = RenewingPool(self._new_executor, workers=self.workers, time_limit_s=self.time_limit_s)
+        self._pool = RenewingPool(
+            partial(self._new_executor, self.workers), build_alone=partial(self._new_executor, 1),
+            workers=self.workers, time_limit_s=self.time_limit_s,
+        )
         executor = self._pool.executor()
         loop = asyncio.get_running_loop()
         # Start every worker now, so the first requests do not pay for process start-up.

@@ -69,9 +69,10 @@ class RenewingPool:
     `run(work, items, blame)` runs `work(items)` on a worker of the shared executor. If a
     worker dies meanwhile (on this work or a neighbour's: the executor cannot say which
     task a dead worker was running), the executor is replaced and each item of every
-    lost work runs again alone, in an executor of its own that runs nothing else, up to
-    `workers` such items at a time. An item that kills that worker too is blamed:
-    `blame(item)` stands for its result (or raises). Its neighbours get their results.
+    lost work runs again alone, in an executor of its own that runs nothing else (built
+    by `build_alone`, best with one worker; default `build`), up to `workers` such items
+    at a time. An item that kills that worker too is blamed: `blame(item)` stands for
+    its result (or raises). Its neighbours get their results.
 
     With `time_limit_s`, a work may run that long per item; the workers of an executor
     that overruns are killed (the only way to stop a computation), which loses that
@@ -82,9 +83,11 @@ class RenewingPool:
     finishes in the background."""
 
     def __init__(
-        self, build: Callable[[], Executor], *, workers: int = 1, time_limit_s: float | None = None
+        self, build: Callable[[], Executor], *, build_alone: Callable[[], Executor] | None = None,
+        workers: int = 1, time_limit_s: float | None = None,
     ) -> None:
         self._build = build
+        self._build_alone = build_alone or build
         self._executor: Executor | None = None
         self._queued: set[Future[Any]] = set()
         self._time_limit_s = time_limit_s
@@ -135,7 +138,7 @@ class RenewingPool:
         async with self._lanes:
             if self._drops != drops:
                 return []  # taken back by drop_queued() while waiting for a lane
-            executor = self._build()
+            executor = self._build_alone()
             finished = False
             try:
                 # The worker is up before the clock starts: its start-up is not the item's time.
