@@ -34,3 +34,26 @@ def variants(image: Image.Image) -> dict[str, bytes]:
         "bright": encode(ImageEnhance.Brightness(image).enhance(1.08), "JPEG", quality=85),
         "webp": encode(image, "WEBP", quality=70),
     }
+
+
+#: TIFF tag and field types `poison_tiff` needs.
+_STRIP_OFFSETS = 273
+_TYPE_LONG, _TYPE_UNDEFINED = 4, 7
+
+
+def poison_tiff() -> bytes:
+    """A TIFF of some hundred bytes on which Pillow raises `TypeError` inside `Image.load()`, not the
+    `OSError` a corrupt file usually gives: one byte changed from a valid 8x8 bilevel TIFF,
+    the type of its StripOffsets entry, LONG -> UNDEFINED (found by mutating such a file
+    at random), so that the strip offset is read as bytes and `seek(b"...")` fails."""
+    image = Image.fromarray((np.indices((8, 8)).sum(axis=0) % 2 * 255).astype(np.uint8), "L").convert("1")
+    data = bytearray(encode(image, "TIFF"))
+    assert data[:4] == b"II*\x00", "Pillow writes little-endian TIFFs"
+    ifd = int.from_bytes(data[4:8], "little")
+    for entry in range(ifd + 2, ifd + 2 + 12 * int.from_bytes(data[ifd : ifd + 2], "little"), 12):
+        tag, kind = int.from_bytes(data[entry : entry + 2], "little"), int.from_bytes(data[entry + 2 : entry + 4], "little")
+        if tag == _STRIP_OFFSETS:
+            assert kind == _TYPE_LONG, kind
+            data[entry + 2 : entry + 4] = _TYPE_UNDEFINED.to_bytes(2, "little")
+            return bytes(data)
+    raise AssertionError("no StripOffsets entry")

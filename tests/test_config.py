@@ -174,13 +174,14 @@ def test_conversion_and_validation_problems_reported_together():
     ("http_port", "65536", "<= 65535"), ("url_fetch_timeout_s", "0.01", ">= 0.1"),
     ("shutdown_timeout_s", "inf", "finite"), ("hash_workers", "-1", ">= 0"),
     ("confirm_similarity", "1.5", "<= 1.0"), ("min_similarity", "-1.5", ">= -1.0"),
+    ("hash_timeout_s", "0", ">= 0.1"), ("hash_timeout_s", "-5", ">= 0.1"),
 ])
 def test_range_checks(name, value, bound):
     problems = problems_of(**{name: value})
     assert any(f"IMGDEDUP_{name.upper()}" in p and bound in p for p in problems), problems
 
 
-@pytest.mark.parametrize("name", ["url_fetch_timeout_s", "shutdown_timeout_s"])
+@pytest.mark.parametrize("name", ["url_fetch_timeout_s", "shutdown_timeout_s", "hash_timeout_s"])
 def test_nan_timeout_refused(name):
     problems_of(**{name: "nan"})
 

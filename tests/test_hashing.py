@@ -25,6 +25,7 @@ from helpers import (
     tiff,
     webp,
 )
+from imagegen import poison_tiff
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, features
 
 from imgdedup.errors import (
@@ -466,6 +467,15 @@ def test_truncated_header_is_undecodable():
     data = png(sample_image("chelsea"))
     with pytest.raises(UndecodableImage):
         fp(data[:20])
+
+
+def test_a_file_pillow_fails_on_with_a_type_error_is_undecodable():
+    data = poison_tiff()
+    with pytest.raises(TypeError):  # the premise: Pillow's own error is no OSError here
+        Image.open(io.BytesIO(data)).load()
+    with pytest.raises(UndecodableImage, match="impossible type or value") as info:
+        fp(data)
+    assert "bytes" not in info.value.detail, "Pillow's internals stay out of the detail"
 
 
 def test_random_garbage_is_undecodable():

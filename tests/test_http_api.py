@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from auth_helpers import admin_auth
 from helpers import SAMPLES_DIR
+from imagegen import poison_tiff
 from PIL import Image, ImageEnhance
 
 from imgdedup.adapters.decision_view import DecisionView
@@ -31,9 +32,9 @@ from imgdedup.adapters.http_api import METRICS_CONTENT_TYPE, create_http_app
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.decisions.rules import Policy
-from imgdedup.errors import ContentionError, IndexUnavailable
+from imgdedup.errors import ContentionError, IndexUnavailable, InputError
 from imgdedup.fingerprint import ImageLimits, hamming
-from imgdedup.hasher import Hasher, HashingCrashed
+from imgdedup.hasher import Hasher, HashingCrashed, HashingTimeout
 from imgdedup.index.interface import DedupIndex
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.index.redis.index import RedisMihIndex
@@ -522,6 +523,14 @@ async def test_undecodable_image_is_400(client: TestClient) -> None:
     await assert_error(await client.get(image_url("g")), 404, "not_found")
 
 
+async def test_a_file_the_decoder_fails_on_unexpectedly_is_400_not_500(client: TestClient) -> None:
+    """Pillow raises TypeError, not OSError, on this TIFF: a corrupt file all the same."""
+    tiff = poison_tiff()
+    for url in (image_url("poison"), check_url()):
+        response = await client.post(url, data=tiff, headers={"Content-Type": "image/tiff"})
+        await assert_error(response, 400, "undecodable_image")
+
+
 async def test_empty_body_is_400(client: TestClient) -> None:
     await assert_error(
         await client.post(image_url("e"), data=b"", headers=JPEG), 400, "empty_image"
@@ -783,15 +792,20 @@ async def test_unexpected_error_is_500_without_traceback(
     assert (errors[0].namespace, errors[0].image_id) == (NS, "x")  # type: ignore[attr-defined]
 
 
-async def test_hashing_crash_is_422(client_hashing_with: ClientHashingWith) -> None:
-    async def crash(data: bytes) -> Any:
-        raise HashingCrashed("the image crashed the decoder twice")
+@pytest.mark.parametrize(
+    "error",
+    [HashingCrashed("the image crashed the decoder process"), HashingTimeout("it took too long")],
+    ids=lambda e: e.code,
+)
+async def test_an_image_that_kills_or_overruns_its_worker_is_422(
+    client_hashing_with: ClientHashingWith, error: InputError
+) -> None:
+    async def refuse(data: bytes) -> Any:
+        raise error
 
-    client = await client_hashing_with(crash)
+    client = await client_hashing_with(refuse)
     await assert_error(
-        await client.post(image_url("x"), data=original("camera"), headers=JPEG),
-        422,
-        "hashing_crashed",
+        await client.post(image_url("x"), data=original("camera"), headers=JPEG), 422, error.code
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import random
 import signal
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from auth_helpers import write_keys_file
-from imagegen import distinct_image, encode, variants
+from imagegen import distinct_image, encode, poison_tiff, variants
 from imgdedup_devtools.broker import TansuBroker
 
 from imgdedup._gen.imgdedup.v1 import events_pb2
@@ -266,6 +267,106 @@ async def test_url_source_fetched_and_private_addresses_refused(stack: Stack, ka
                 await svc.stop()
     finally:
         await runner.cleanup()
+
+
+async def test_poison_records_are_rejected_and_their_partition_moves_on(
+    stack: Stack, service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file the decoder fails on unexpectedly, and an event whose handling raises an
+    unexpected error, each get a rejection and a dead letter; the records behind them in
+    their partition are decided, and the committed offset passes them all."""
+    settings = stack.settings
+    assert service.hasher is not None and service.hasher.time_limit_s == settings.hash_timeout_s
+    assert service.dedup is not None
+    register = service.dedup.register
+    secret = "secret-internal-state-5678"
+
+    async def register_or_fail(namespace: str, image_id: str, data: bytes, **kwargs: object):
+        if image_id == "boom":
+            raise RuntimeError(secret)
+        return await register(namespace, image_id, data, **kwargs)
+
+    monkeypatch.setattr(service.dedup, "register", register_or_fail)
+    events = [
+        upload("poison", "tiff", poison_tiff()),
+        upload("poison", "boom", encode(distinct_image(6100)), as_json=True),
+        *(upload("poison", f"after-{n}", encode(distinct_image(6200 + n))) for n in range(3)),
+    ]
+    with caplog.at_level(logging.WARNING, logger="imgdedup.consumer"):
+        async with TopicReader(settings, settings.kafka_decisions_topic) as reader:
+            offsets = await publish_to_partition(settings, 0, events)
+            records = await reader.read_until(lambda r: len(r) >= len(events))
+        async with TopicReader(settings, settings.kafka_dlq_topic) as dlq:
+            dead = await dlq.read_until(lambda r: len(r) >= 2)
+        await committed_reaches(settings, TopicPartition(settings.kafka_input_topic, 0), offsets[-1] + 1)
+
+    by_id = {d.image_id: d for d in decisions_of(records)}
+    assert len(records) == len(events) and len(by_id) == len(events)
+    assert (by_id["tiff"].verdict, by_id["tiff"].error.code) == ("rejected", "undecodable_image")
+    assert (by_id["boom"].verdict, by_id["boom"].error.code) == ("rejected", "internal_error")
+    assert secret not in by_id["boom"].error.detail and by_id["boom"].error.detail
+    assert [by_id[f"after-{n}"].verdict for n in range(3)] == ["accepted"] * 3
+    assert {r.value: dict(r.headers)["imgdedup-error-code"] for r in dead} == {
+        events[0][0]: b"undecodable_image", events[1][0]: b"internal_error",
+    }
+    errors = [r for r in caplog.records if r.name == "imgdedup.consumer" and r.levelno >= logging.ERROR]
+    assert len(errors) == 1, "the unexpected error is logged once, with its traceback"
+    assert errors[0].exc_info is not None and secret in str(errors[0].exc_info[1])
+    where = (errors[0].topic, errors[0].partition, errors[0].offset)  # type: ignore[attr-defined]
+    assert where == (settings.kafka_input_topic, 0, offsets[1])
+
+
+async def test_a_record_whose_rejection_cannot_be_produced_is_skipped_not_stalled(
+    stack: Stack, service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last line of defence: even the rejection fails (a bug). The record is logged
+    and skipped; its partition moves on."""
+    from imgdedup.adapters import kafka_consumer
+
+    settings = stack.settings
+
+    def broken_rejection(**fields: object):
+        raise RuntimeError("cannot build the rejection")
+
+    monkeypatch.setattr(kafka_consumer, "rejection", broken_rejection)
+    events = [(b"\x0a\x05sh", []), upload("skip", "after", encode(distinct_image(6300)))]  # a truncated event first
+    with caplog.at_level(logging.WARNING, logger="imgdedup.consumer"):
+        async with TopicReader(settings, settings.kafka_decisions_topic) as reader:
+            offsets = await publish_to_partition(settings, 0, events)
+            records = await reader.read_until(lambda r: len(r) >= 1)
+        await committed_reaches(settings, TopicPartition(settings.kafka_input_topic, 0), offsets[-1] + 1)
+    assert [(d.image_id, d.verdict) for d in decisions_of(records)] == [("after", "accepted")]
+    dropped = [r for r in caplog.records if r.getMessage().startswith("record dropped")]
+    assert [(r.partition, r.offset) for r in dropped] == [(0, offsets[0])]  # type: ignore[attr-defined]
+
+
+async def publish_to_partition(settings: Settings, partition: int, events: list) -> list[int]:
+    """Send records in order to one partition; their offsets."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        offsets = []
+        for value, headers in events:
+            sent = await producer.send_and_wait(settings.kafka_input_topic, value, headers=headers, partition=partition)
+            offsets.append(sent.offset)
+        return offsets
+    finally:
+        await producer.stop()
+
+
+async def committed_reaches(settings: Settings, tp: TopicPartition, offset: int, timeout: float = 30.0) -> None:
+    """Wait until the broker holds a committed offset of at least `offset` for the group."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.kafka_group_id, enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while (committed := await reader.committed(tp)) is None or committed < offset:
+            assert time.monotonic() < deadline, f"committed offset {committed}, expected {offset}"
+            await asyncio.sleep(0.2)
+    finally:
+        await reader.stop()
 
 
 # --- real processes: crash, graceful stop, several replicas ----------------------------

@@ -54,7 +54,7 @@ class Service:
                     f"{exc}; start the identity provider or fix IMGDEDUP_OIDC_ISSUER"
                 ) from exc
             self.index = await open_index(s)
-            self.hasher = Hasher(s.image_limits, s.effective_hash_workers)
+            self.hasher = Hasher(s.image_limits, s.effective_hash_workers, time_limit_s=s.hash_timeout_s)
             await self.hasher.start()
             self.dedup = Deduplicator(
                 self.index, self.hasher, s.policy, self.metrics, s.max_in_flight

@@ -124,6 +124,12 @@ class Settings:
     )
     # --- hashing -----------------------------------------------------------------------
     hash_workers: int = _doc(0, "Hashing worker processes; 0 = one per CPU core.", lo=0, hi=256)
+    hash_timeout_s: float = _doc(
+        10.0, "Longest time fingerprinting one image may take. Workers that overrun it are killed "
+        "and replaced; the images in flight are tried again, each alone in a new worker "
+        "process, and one that overruns there too is refused (`hashing_timeout`).",
+        lo=0.1, hi=3600,
+    )
     max_in_flight: int = _doc(
         64, "Images being processed at once (back-pressure bound for Kafka and HTTP).",
         lo=1, hi=100_000

@@ -9,6 +9,10 @@ HTTP answers 503 with Retry-After. Never turned into a rejection.
 
 from __future__ import annotations
 
+#: The code of a failure that is the service's fault, not the input's (a bug): HTTP 500,
+#: and over Kafka a `rejected` decision with the record dead-lettered for a later replay.
+INTERNAL_ERROR = "internal_error"
+
 
 class InputError(Exception):
     """The caller sent something we cannot process; retrying will not help."""

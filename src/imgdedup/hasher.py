@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 
@@ -18,10 +19,22 @@ from imgdedup.process_pool import RenewingPool, prepare_worker
 
 
 class HashingCrashed(InputError):
-    """The worker died while decoding this image twice in a row (a decoder crash or OOM)."""
+    """The image killed the worker decoding it, also when it was alone in a worker process
+    (a decoder crash or running out of memory)."""
 
     code = "hashing_crashed"
     http_status = 422
+
+
+class HashingTimeout(InputError):
+    """Fingerprinting the image overran the time limit, also alone in a worker process."""
+
+    code = "hashing_timeout"
+    http_status = 422
+
+
+#: What fingerprints one image on a worker (picklable): `fingerprint` but in tests.
+Compute = Callable[[bytes, ImageLimits], Fingerprint]
 
 
 def _worker_init() -> None:
@@ -33,45 +46,59 @@ def _worker_init() -> None:
     import imgdedup.fingerprint  # noqa: F401
 
 
-def _fingerprint_each(limits: ImageLimits, images: list[bytes]) -> list[Fingerprint]:
-    return [fingerprint(data, limits) for data in images]
+def _fingerprint_each(compute: Compute, limits: ImageLimits, images: list[bytes]) -> list[Fingerprint]:
+    return [compute(data, limits) for data in images]
 
 
 def _crashed(data: bytes) -> Fingerprint:
     """The blame for an image that killed its worker on its own too: refuse it."""
-    raise HashingCrashed("the image crashed the decoder twice")
+    raise HashingCrashed("the image crashed the decoder process, also when decoded alone")
 
 
 class Hasher:
-    """Async front of a worker pool computing `fingerprint(data)`."""
+    """Async front of a worker pool computing `fingerprint(data)`.
 
-    def __init__(self, limits: ImageLimits, workers: int, *, use_threads: bool = False) -> None:
+    `time_limit_s`: longest an image may take; its worker is killed and replaced then.
+    `compute`: the function run on the workers (tests put a misbehaving one there)."""
+
+    def __init__(
+        self, limits: ImageLimits, workers: int, *, time_limit_s: float | None = None,
+        use_threads: bool = False, compute: Compute = fingerprint,
+    ) -> None:
         self.limits = limits
         self.workers = workers
+        self.time_limit_s = time_limit_s
         self._use_threads = use_threads
+        self._work = partial(_fingerprint_each, compute, limits)
         self._pool: RenewingPool | None = None
 
-    def _new_executor(self) -> Executor:
+    def _new_executor(self, workers: int) -> Executor:
         if self._use_threads:
-            return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hasher")
+            return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hasher")
         return ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
         )
 
     async def start(self) -> None:
-        self._pool = RenewingPool(self._new_executor)
+        self._pool = RenewingPool(
+            partial(self._new_executor, self.workers), build_alone=partial(self._new_executor, 1),
+            workers=self.workers, time_limit_s=self.time_limit_s,
+        )
         executor = self._pool.executor()
         loop = asyncio.get_running_loop()
         # Start every worker now, so the first requests do not pay for process start-up.
         await asyncio.gather(*(loop.run_in_executor(executor, time.sleep, 0.01) for _ in range(self.workers)))
 
     async def fingerprint(self, data: bytes) -> Fingerprint:
-        """Raises `HashingCrashed` when the image kills a worker twice (a worker that dies
-        decoding a neighbour's image costs one retry)."""
+        """Raises `HashingCrashed` or `HashingTimeout` when the image kills or overruns a
+        worker on its own (a worker lost to a neighbour's image costs a retry alone)."""
         if self._pool is None:
             raise RuntimeError("Hasher.start() was not awaited")
-        (result,) = await self._pool.run(partial(_fingerprint_each, self.limits), [data], _crashed)
+        (result,) = await self._pool.run(self._work, [data], _crashed, self._overran)
         return result
+
+    def _overran(self, data: bytes) -> Fingerprint:
+        raise HashingTimeout(f"fingerprinting the image took longer than the limit of {self.time_limit_s:g} s")
 
     async def close(self) -> None:
         if self._pool is not None:

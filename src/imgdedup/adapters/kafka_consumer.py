@@ -20,6 +20,7 @@ from aiokafka.structs import ConsumerRecord
 from imgdedup.adapters.events import (
     JSON_CONTENT_TYPE,
     PROTOBUF_CONTENT_TYPE,
+    UploadEvent,
     decision_from_record,
     decode_upload,
     encode_decision,
@@ -31,7 +32,7 @@ from imgdedup.adapters.kafka_clients import connection_options
 from imgdedup.adapters.url_fetch import UrlFetcher
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
-from imgdedup.errors import IndexUnavailable, InputError, InvalidEvent, TransientError
+from imgdedup.errors import INTERNAL_ERROR, IndexUnavailable, InputError, TransientError
 from imgdedup.metrics import Metrics
 
 log = logging.getLogger("imgdedup.consumer")
@@ -251,35 +252,51 @@ class UploadConsumer:
             self._tracker.finished(tp, record.offset)
             self._metrics.decision_seconds.labels("kafka").observe(time.perf_counter() - started)
         except _Abandoned:
-            log.warning(
-                "abandoned at shutdown; will be redelivered",
-                extra={"topic": tp.topic, "partition": tp.partition, "offset": record.offset},
-            )
+            log.warning("abandoned at shutdown; will be redelivered", extra=_position(record))
+        except Exception:
+            # Not even the rejection could be produced (a bug): skip the record rather
+            # than hold its partition back forever; the log keeps where it was.
+            log.exception("record dropped: its rejection could not be produced", extra=_position(record))
+            self._tracker.finished(tp, record.offset)
         finally:
             gauge.dec()
 
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Decide one record. Every outcome but a transient failure (retried here until
+        it passes, or until shutdown abandons the record) is a decision: bad input and
+        unexpected errors alike end in a rejection, so that no record stalls its partition."""
         self._metrics.events_consumed.labels(record.topic).inc()
         as_json = is_json(record.headers)
         fallback_id = f"{record.topic}/{record.partition}/{record.offset}"
+        event: UploadEvent | None = None
         try:
             event = decode_upload(record.value, record.headers, fallback_id)
-        except InvalidEvent as exc:
-            event_id, namespace, image_id = partial_identity(record.value, record.headers)
-            await self._reject(record, as_json, event_id or fallback_id, namespace, image_id, exc, {})
+            await self._decide(event, as_json)
             return
-        context = {"event_id": event.event_id, "namespace": event.namespace, "image_id": event.image_id}
-        try:
-            data = event.data if event.data is not None else await self._fetcher.fetch(event.url or "")
-            registration = await self._retrying(
-                lambda: self._dedup.register(event.namespace, event.image_id, data, event_id=event.event_id),
-                "index",
-            )
+        except _Abandoned:
+            raise
         except InputError as exc:
-            await self._reject(
-                record, as_json, event.event_id, event.namespace, event.image_id, exc, event.attributes
+            code, detail = exc.code, exc.detail
+        except Exception:
+            log.exception(
+                "unexpected error; the event is rejected as %s", INTERNAL_ERROR,
+                extra={**_position(record), **_identity(event)},
             )
-            return
+            code, detail = INTERNAL_ERROR, "internal error while processing the event"
+        if event is not None:
+            await self._reject(
+                record, as_json, event.event_id, event.namespace, event.image_id, code, detail, event.attributes
+            )
+        else:
+            event_id, namespace, image_id = partial_identity(record.value, record.headers)
+            await self._reject(record, as_json, event_id or fallback_id, namespace, image_id, code, detail, {})
+
+    async def _decide(self, event: UploadEvent, as_json: bool) -> None:
+        data = event.data if event.data is not None else await self._fetcher.fetch(event.url or "")
+        registration = await self._retrying(
+            lambda: self._dedup.register(event.namespace, event.image_id, data, event_id=event.event_id),
+            "index",
+        )
         decision = decision_from_record(
             registration.record,
             event_id=event.event_id,
@@ -298,7 +315,10 @@ class UploadConsumer:
             self._metrics.replays.labels("kafka").inc()
         else:
             self._metrics.decisions.labels("kafka", decision.verdict).inc()
-        log.info("decided", extra={**context, "verdict": decision.verdict, "duplicate_of": decision.duplicate_of})
+        log.info(
+            "decided",
+            extra={**_identity(event), "verdict": decision.verdict, "duplicate_of": decision.duplicate_of},
+        )
 
     async def _reject(
         self,
@@ -307,17 +327,18 @@ class UploadConsumer:
         event_id: str,
         namespace: str,
         image_id: str,
-        exc: InputError,
+        code: str,
+        detail: str,
         attributes: dict[str, str],
     ) -> None:
         message = rejection(
-            event_id=event_id, namespace=namespace, image_id=image_id, code=exc.code,
-            detail=exc.detail, attributes=attributes,
+            event_id=event_id, namespace=namespace, image_id=image_id, code=code,
+            detail=detail, attributes=attributes,
         )
         dlq_headers = [
             *[(k, v) for k, v in (record.headers or ()) if not k.startswith("imgdedup-")],
-            ("imgdedup-error-code", exc.code.encode()),
-            ("imgdedup-error-detail", exc.detail.encode()[:1000]),
+            ("imgdedup-error-code", code.encode()),
+            ("imgdedup-error-detail", detail.encode()[:1000]),
             ("imgdedup-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
         # Dead-letter first: if we crash between the two sends, the record is
@@ -326,11 +347,11 @@ class UploadConsumer:
         key = f"{namespace}/{image_id}".encode() if namespace or image_id else record.key
         await self._send(self._settings.kafka_decisions_topic, key, encode_decision(message, as_json=as_json), as_json)
         self._metrics.decisions.labels("kafka", "rejected").inc()
-        self._metrics.rejections.labels("kafka", exc.code).inc()
+        self._metrics.rejections.labels("kafka", code).inc()
         self._metrics.dead_letters.inc()
         log.warning(
             "rejected",
-            extra={"event_id": event_id, "namespace": namespace, "image_id": image_id, "error_code": exc.code, "detail": exc.detail},
+            extra={"event_id": event_id, "namespace": namespace, "image_id": image_id, "error_code": code, "detail": detail},
         )
 
     # --- producing, retries ------------------------------------------------------------
@@ -442,3 +463,13 @@ class UploadConsumer:
     @property
     def stats(self) -> dict[str, Any]:
         return {"in_flight": self._tracker.in_flight(), "committed": {str(k): v for k, v in self._committed.items()}}
+
+
+def _position(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+def _identity(event: UploadEvent | None) -> dict[str, str]:
+    if event is None:
+        return {}
+    return {"event_id": event.event_id, "namespace": event.namespace, "image_id": event.image_id}

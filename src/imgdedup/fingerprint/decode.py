@@ -6,6 +6,7 @@ planes: the entropy decoding is the only full-size work, and the hash loses noth
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from typing import NamedTuple
 
@@ -18,6 +19,15 @@ from imgdedup.fingerprint.trim import trim_size
 #: Formats we decode. Others that Pillow could open (EPS via Ghostscript, PSD, ICO, ...)
 #: are refused: they are not upload formats and widen the attack surface.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF"})
+
+#: What else Pillow raises on a malformed file: its format plugins read header fields and
+#: tags in Python, and a field of the wrong type, count or size (a TIFF strip offset
+#: typed UNDEFINED, say) surfaces as one of these from `open`, `seek` or `load`. Raised
+#: there, they mean a corrupt file; raised by our own code they would mean a bug, so the
+#: normalisation after decoding does not map them.
+MALFORMED_FIELD_ERRORS: tuple[type[Exception], ...] = (
+    TypeError, struct.error, IndexError, KeyError, ZeroDivisionError, OverflowError,
+)
 
 #: Alpha is composited onto this colour so that a cut-out on transparency and the same
 #: cut-out on white (the usual product-shot background) hash the same.
@@ -56,6 +66,8 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
         raise UndecodableImage("not a recognisable image (unknown format or corrupt header)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UndecodableImage(f"corrupt image header: {exc}") from None
+    except MALFORMED_FIELD_ERRORS:
+        raise UndecodableImage("corrupt image header: a field has an impossible type or value") from None
 
     fmt = image.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
@@ -70,7 +82,7 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
             f"image canvas is {width}x{height} = {width * height} pixels; "
             f"the limit is {max_pixels}"
         )
-    try:
+    try:  # Pillow's decoding: its errors mean a corrupt file
         if fmt in ("JPEG", "MPO"):
             # DCT-scaled decode, and for colour JPEGs libjpeg's own YCbCr planes: the
             # hash input is the Y plane as is, the chroma planes are only shrunk, and
@@ -84,6 +96,13 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UndecodableImage(f"image data is corrupt or truncated: {exc}") from None
+    except MALFORMED_FIELD_ERRORS:
+        raise UndecodableImage("image data is corrupt: a field has an impossible type or value") from None
+    except Image.DecompressionBombError as exc:  # pragma: no cover - guarded above
+        raise DecompressionBomb(str(exc)) from None
+    try:  # our normalisation of the decoded pixels
         orientation = exif_orientation(image)
         if orientation in ORIENTATION_TRANSPOSE:
             image = image.transpose(ORIENTATION_TRANSPOSE[orientation])
@@ -93,8 +112,6 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
         colour = colour_for_hashing(image, trim_size(gray.size))
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UndecodableImage(f"image data is corrupt or truncated: {exc}") from None
-    except Image.DecompressionBombError as exc:  # pragma: no cover - guarded above
-        raise DecompressionBomb(str(exc)) from None
     return Picture(gray, colour), fmt, (width, height)
 
 
