@@ -549,12 +549,22 @@ async def test_empty_body_is_400(client: TestClient) -> None:
         ("POST", "/v1/namespaces/" + "n" * 65 + "/images/x"),
         ("POST", "/v1/namespaces/shop/images/" + "i" * 513),
         ("POST", "/v1/namespaces/shop/images/bad%07id"),
+        ("POST", "/v1/namespaces/.../images/x"),
+        ("GET", "/v1/namespaces/.../images/x"),
     ],
 )
 async def test_invalid_identifier_is_400(client: TestClient, method: str, path: str) -> None:
     data = original("astronaut") if method == "POST" else None
     response = await client.request(method, path, data=data, headers=JPEG)
     await assert_error(response, 400, "invalid_identifier")
+
+
+@pytest.mark.parametrize("ns", ["%2E", "%2E%2E", ".", ".."])
+async def test_dot_namespaces_sent_verbatim_are_400(client: TestClient, ns: str) -> None:
+    """Clients resolve dot segments before sending; a raw request keeps them."""
+    request = f"GET /v1/namespaces/{ns}/images/x HTTP/1.1\r\nHost: t\r\n{_auth_line(client)}\r\n"
+    status, body = await _raw_request(client, request)
+    assert (status, body["error"]) == (400, "invalid_identifier"), body
 
 
 async def test_same_id_different_bytes_is_409(client: TestClient) -> None:
@@ -604,6 +614,11 @@ async def _raw_exchange(client: TestClient, request: bytes) -> tuple[int, dict[s
 def _auth_line(client: TestClient) -> str:
     """The client's Authorization header, for requests written by hand."""
     return f"Authorization: {client.session.headers['Authorization']}\r\n"
+
+
+async def _raw_request(client: TestClient, request: str) -> tuple[int, dict[str, Any]]:
+    """A request sent byte for byte as written (no client-side URL normalisation)."""
+    return await _raw_exchange(client, request.encode())
 
 
 async def test_too_large_content_length_is_refused_before_reading(client: TestClient) -> None:
