@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
@@ -117,11 +118,10 @@ async def _register(request: web.Request) -> web.Response:
         state.metrics.replays.labels(SOURCE).inc()
     else:
         state.metrics.decisions.labels(SOURCE, registration.record.verdict.value).inc()
-    location = request.app.router["image"].url_for(ns=ns, image_id=image_id)
     return web.json_response(
         _registration_json(registration),
         status=200 if registration.replayed else 201,
-        headers={hdrs.LOCATION: str(location)},
+        headers={hdrs.LOCATION: _image_location(request, ns, image_id)},
     )
 
 
@@ -284,6 +284,13 @@ def _error(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+def _image_location(request: web.Request, namespace: str, image_id: str) -> str:
+    """The image's URL path, each identifier percent-encoded as one path segment: an id
+    holding '/', '..', '?' or '#' cannot point the client elsewhere."""
+    template = request.app.router["image"].canonical
+    return template.format(ns=quote(namespace, safe=""), image_id=quote(image_id, safe=""))
 
 
 def _not_found(namespace: str, image_id: str) -> web.Response:
