@@ -112,7 +112,8 @@ DECISION_FIELDS = frozenset({
 
 @pytest.fixture
 def settings() -> Settings:
-    s = Settings(max_image_bytes=MAX_BYTES, max_image_pixels=MAX_PIXELS)
+    # An ample body budget: admission under load is tested on its own (test_http_limits.py).
+    s = Settings(max_image_bytes=MAX_BYTES, max_image_pixels=MAX_PIXELS, max_body_bytes_in_flight=64 * MAX_BYTES)
     s.validate()
     return s
 
