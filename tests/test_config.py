@@ -211,6 +211,29 @@ def test_review_below_duplicate_refused():
     assert load(duplicate_radius="9", review_radius="9").review_radius == 9
 
 
+def test_http_read_and_body_settings():
+    settings = Settings.from_env({})
+    assert settings.http_read_timeout_s == 30.0
+    assert settings.effective_max_body_bytes_in_flight == 4 * settings.max_image_bytes
+    explicit = load(max_image_bytes="1000", max_body_bytes_in_flight="2500", http_body_wait_s="0")
+    assert (explicit.effective_max_body_bytes_in_flight, explicit.http_body_wait_s) == (2500, 0.0)
+    assert load(max_image_bytes="1000").effective_max_body_bytes_in_flight == 4000
+
+
+def test_body_budget_below_one_image_refused():
+    problems = problems_of(max_image_bytes="1000", max_body_bytes_in_flight="999")
+    assert len(problems) == 1 and "IMGDEDUP_MAX_BODY_BYTES_IN_FLIGHT=999" in problems[0]
+
+
+@pytest.mark.parametrize("env", [
+    {"http_read_timeout_s": "0"}, {"http_read_timeout_s": "nan"}, {"http_body_wait_s": "-1"},
+    {"http_read_timeout_s": "5", "http_body_wait_s": "5"},
+])
+def test_bad_http_timeouts_refused(env):
+    problems = problems_of(**env)
+    assert any("IMGDEDUP_HTTP_" in p for p in problems), problems
+
+
 @pytest.mark.parametrize("url", [
     "redis://localhost:6379/0", "rediss://user:pw@cache:6380/1", "unix:///run/redis.sock",
 ])

@@ -591,8 +591,14 @@ def test_pod_security_and_resources(name: str) -> None:
     settings = k8s_settings(name)
     assert settings.hash_workers == math.ceil(cpu_cores(str(resources["limits"]["cpu"])))
     assert settings.hash_workers >= 1
-    # The images held in flight stay well inside the memory limit.
-    in_flight_bytes = settings.max_in_flight * settings.max_image_bytes
+    # The images held in flight stay well inside the memory limit: Kafka events, HTTP
+    # bodies (twice the budget while assembled) and one image per hashing worker
+    # (docs/operations.md, "HTTP limits and memory").
+    in_flight_bytes = (
+        settings.max_in_flight * settings.max_image_bytes
+        + 2 * settings.effective_max_body_bytes_in_flight
+        + settings.hash_workers * settings.max_image_bytes
+    )
     assert in_flight_bytes <= memory_bytes(resources["limits"]["memory"]) / 2
     assert pod["topologySpreadConstraints"], "spread replicas over zones/nodes"
 

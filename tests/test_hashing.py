@@ -526,6 +526,15 @@ def test_decompression_bomb_beyond_pillows_own_limit():
         fingerprint(data, ImageLimits(max_bytes=LIMITS.max_bytes, max_pixels=10**12))
 
 
+def test_decompression_bomb_error_quotes_the_configured_limit():
+    data = blank_png(20_000, 20_000)  # refused by Pillow itself, before we see the size
+    with pytest.raises(DecompressionBomb) as info:
+        fingerprint(data, ImageLimits(max_bytes=LIMITS.max_bytes, max_pixels=12_345_678))
+    assert "12345678" in info.value.detail
+    assert str(Image.MAX_IMAGE_PIXELS) not in info.value.detail
+    assert str(2 * Image.MAX_IMAGE_PIXELS) not in info.value.detail
+
+
 def test_pixel_limit_boundary():
     data = png(sample_image("chelsea"))  # 451x300
     pixels = 451 * 300

@@ -24,7 +24,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from auth_helpers import admin_auth
 from helpers import SAMPLES_DIR
 from imagegen import poison_tiff
+from openapi_spec_validator import validate as validate_openapi
 from PIL import Image, ImageEnhance
+from yarl import URL
 
 from imgdedup.adapters.decision_view import DecisionView
 from imgdedup.adapters.events import decision_from_record, decode_decision, encode_decision
@@ -34,6 +36,7 @@ from imgdedup.decisions.deduplicator import Deduplicator
 from imgdedup.decisions.rules import Policy
 from imgdedup.errors import ContentionError, IndexUnavailable, InputError
 from imgdedup.fingerprint import ImageLimits, hamming
+from imgdedup.fingerprint.decode import SUPPORTED_FORMATS
 from imgdedup.hasher import Hasher, HashingCrashed, HashingTimeout
 from imgdedup.index.interface import DedupIndex
 from imgdedup.index.memory import MemoryIndex
@@ -109,7 +112,8 @@ DECISION_FIELDS = frozenset({
 
 @pytest.fixture
 def settings() -> Settings:
-    s = Settings(max_image_bytes=MAX_BYTES, max_image_pixels=MAX_PIXELS)
+    # An ample body budget: admission under load is tested on its own (test_http_limits.py).
+    s = Settings(max_image_bytes=MAX_BYTES, max_image_pixels=MAX_PIXELS, max_body_bytes_in_flight=64 * MAX_BYTES)
     s.validate()
     return s
 
@@ -247,6 +251,25 @@ async def test_register_new_image_is_accepted_with_201(client: TestClient) -> No
     created = datetime.fromisoformat(body["created_at"])
     assert created.utcoffset() == timedelta(0)
     assert before - timedelta(seconds=1) <= created <= datetime.now(UTC) + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    "image_id,segment",
+    [
+        ("a/../../b?x#y", "a%2F..%2F..%2Fb%3Fx%23y"),
+        ("100% caf\u00e9", "100%25%20caf%C3%A9"),
+    ],
+)
+async def test_location_keeps_the_id_in_one_encoded_segment(
+    client: TestClient, image_id: str, segment: str
+) -> None:
+    path = f"/v1/namespaces/{NS}/images/{segment}"
+    response = await client.post(URL(path, encoded=True), data=original("astronaut"), headers=JPEG)
+    assert response.status == 201, await response.text()
+    assert (await response.json())["image_id"] == image_id
+    assert response.headers["Location"] == path
+    record = await client.get(URL(response.headers["Location"], encoded=True))
+    assert (await record.json())["image_id"] == image_id
 
 
 async def test_replay_returns_200_and_the_stored_decision(client: TestClient) -> None:
@@ -549,12 +572,22 @@ async def test_empty_body_is_400(client: TestClient) -> None:
         ("POST", "/v1/namespaces/" + "n" * 65 + "/images/x"),
         ("POST", "/v1/namespaces/shop/images/" + "i" * 513),
         ("POST", "/v1/namespaces/shop/images/bad%07id"),
+        ("POST", "/v1/namespaces/.../images/x"),
+        ("GET", "/v1/namespaces/.../images/x"),
     ],
 )
 async def test_invalid_identifier_is_400(client: TestClient, method: str, path: str) -> None:
     data = original("astronaut") if method == "POST" else None
     response = await client.request(method, path, data=data, headers=JPEG)
     await assert_error(response, 400, "invalid_identifier")
+
+
+@pytest.mark.parametrize("ns", ["%2E", "%2E%2E", ".", ".."])
+async def test_dot_namespaces_sent_verbatim_are_400(client: TestClient, ns: str) -> None:
+    """Clients resolve dot segments before sending; a raw request keeps them."""
+    request = f"GET /v1/namespaces/{ns}/images/x HTTP/1.1\r\nHost: t\r\n{_auth_line(client)}\r\n"
+    status, body = await _raw_request(client, request)
+    assert (status, body["error"]) == (400, "invalid_identifier"), body
 
 
 async def test_same_id_different_bytes_is_409(client: TestClient) -> None:
@@ -604,6 +637,11 @@ async def _raw_exchange(client: TestClient, request: bytes) -> tuple[int, dict[s
 def _auth_line(client: TestClient) -> str:
     """The client's Authorization header, for requests written by hand."""
     return f"Authorization: {client.session.headers['Authorization']}\r\n"
+
+
+async def _raw_request(client: TestClient, request: str) -> tuple[int, dict[str, Any]]:
+    """A request sent byte for byte as written (no client-side URL normalisation)."""
+    return await _raw_exchange(client, request.encode())
 
 
 async def test_too_large_content_length_is_refused_before_reading(client: TestClient) -> None:
@@ -927,6 +965,14 @@ async def test_in_flight_gauge_counts_requests_being_processed(
     assert metrics.registry.get_sample_value("imgdedup_in_flight", {"source": "http"}) == 0
 
 
+#: The formats the decoder supports, as media-type subtypes (MPO is a JPEG).
+IMAGE_MEDIA_TYPES = {"jpeg", "png", "gif", "webp", "bmp", "tiff", "avif"}
+
+
+def test_openapi_media_types_are_the_supported_formats() -> None:
+    assert {f.lower() for f in SUPPORTED_FORMATS} - {"mpo"} == IMAGE_MEDIA_TYPES
+
+
 def _served_routes(app: web.Application) -> dict[str, set[str]]:
     served: dict[str, set[str]] = {}
     for resource in app.router.resources():
@@ -941,6 +987,7 @@ async def test_openapi_document_matches_the_served_routes(client: TestClient) ->
     assert response.content_type == "application/json"
     doc = await response.json()
     assert doc["openapi"].startswith("3.1")
+    validate_openapi(doc)
     documented = {
         path: {m for m in item if m in {"get", "post", "put", "patch", "delete"}}
         for path, item in doc["paths"].items()
@@ -979,9 +1026,11 @@ async def test_openapi_document_matches_the_served_routes(client: TestClient) ->
                         resolve(resp["content"]["application/json"]["schema"]) is schemas["Error"]
                     )
             if method == "post":
+                # Each accepted format by its media type, not "any binary".
                 body = resolve(operation["requestBody"])
-                assert {"application/octet-stream", "image/*"} <= set(body["content"])
-                assert body["content"]["image/*"]["schema"]["format"] == "binary"
+                assert set(body["content"]) == {f"image/{fmt}" for fmt in IMAGE_MEDIA_TYPES}
+                for media_type, item in body["content"].items():
+                    assert item["schema"] == {"type": "string", "contentMediaType": media_type}
 
     image = doc["paths"][IMAGE_ROUTE]
     assert {"201", "200", "400", "409", "413", "415", "503"} <= set(image["post"]["responses"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -61,3 +62,25 @@ def test_wheel_carries_only_the_runtime_package(tmp_path: Path) -> None:
     assert top_level == {"imgdedup"}, top_level
     assert "imgdedup/adapters/openapi.json" in names and "imgdedup/py.typed" in names
     assert not [name for name in names if "bench" in name or "demo" in name or "broker" in name or "samples" in name]
+
+
+def _emitted_error_codes() -> set[str]:
+    """Every error code in src/: InputError classes, literal `_error(STATUS, "code", ...)`
+    answers, named constants in errors.py, and the two aiohttp errors the middleware
+    renames (404, 405)."""
+    codes = {"not_found", "method_not_allowed"}
+    for path in (ROOT / "src/imgdedup").rglob("*.py"):
+        text = path.read_text()
+        codes |= set(re.findall(r'\bcode = "([a-z_]+)"', text))
+        codes |= set(re.findall(r'_error\(\s*\d{3},\s*"([a-z_]+)"', text))
+    codes |= set(re.findall(r'^[A-Z_]+ = "([a-z_]+)"$', (ROOT / "src/imgdedup/errors.py").read_text(), re.M))
+    return codes
+
+
+def test_readme_lists_every_error_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index('Errors are JSON `{"error": CODE, "detail": TEXT}`')
+    listed = set(re.findall(r"`([a-z_]+)`", readme[start : readme.index("\n\n", start)]))
+    codes = _emitted_error_codes()
+    assert {"overloaded", "internal_error", "invalid_event", "url_refused", "image_too_large"} <= codes
+    assert not codes - listed, f"README's error list misses {sorted(codes - listed)}"

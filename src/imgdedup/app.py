@@ -13,6 +13,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from imgdedup.adapters.http_api import create_http_app
+from imgdedup.adapters.http_server import http_runner
 from imgdedup.adapters.kafka_consumer import UploadConsumer
 from imgdedup.adapters.url_fetch import UrlFetcher
 from imgdedup.auth import Authenticator, OidcUnavailable, build_authenticator
@@ -64,7 +65,7 @@ class Service:
             )
             await self.fetcher.start()
             app = create_http_app(self.dedup, self.metrics, s, self.readiness, self.auth)
-            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=s.shutdown_timeout_s)
+            self._runner = http_runner(app, s, self.metrics)
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.http_host, s.http_port)
             await site.start()

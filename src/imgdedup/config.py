@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 PREFIX = "IMGDEDUP_"
 
+#: Largest images whose bodies the HTTP server holds at once by default
+#: (IMGDEDUP_MAX_BODY_BYTES_IN_FLIGHT=0).
+BODY_BUDGET_IMAGES = 4
+
 #: Most buckets one query may probe: beyond this a query reads megabytes from Redis.
 MAX_PROBES = 5000
 
@@ -171,6 +175,24 @@ class Settings:
     # --- HTTP --------------------------------------------------------------------------
     http_host: str = _doc("127.0.0.1", "HTTP listen address (0.0.0.0 in containers).")
     http_port: int = _doc(8080, "HTTP listen port.", lo=0, hi=65535)
+    http_read_timeout_s: float = _doc(
+        30.0, "Longest time a client may take to send one request's head and body (from its "
+        "first byte, or from connecting); a slower connection is closed (slowloris guard). "
+        "Must let your slowest client upload IMGDEDUP_MAX_IMAGE_BYTES.",
+        lo=0.1, hi=3600,
+    )
+    max_body_bytes_in_flight: int = _doc(
+        0, "Request-body bytes the HTTP server holds at once, reserved from Content-Length "
+        "(chunked bodies: as they arrive) before a body is read and kept until its response; "
+        "0 = 4 x IMGDEDUP_MAX_IMAGE_BYTES. At least IMGDEDUP_MAX_IMAGE_BYTES.",
+        lo=0,
+    )
+    http_body_wait_s: float = _doc(
+        5.0, "How long a request waits for room in IMGDEDUP_MAX_BODY_BYTES_IN_FLIGHT before it "
+        "gets 503 `overloaded` (0: refuse at once). Below IMGDEDUP_HTTP_READ_TIMEOUT_S: the "
+        "wait counts against it.",
+        lo=0.0, hi=3600,
+    )
     # --- authentication ----------------------------------------------------------------
     auth: str = _doc(
         "on", "on: every /v1 request needs `Authorization: Bearer <token>`, an API key "
@@ -233,6 +255,10 @@ class Settings:
             self.duplicate_radius, self.review_radius, self.min_similarity, self.confirm_similarity,
             self.match_rotations, self.distinct_similarity,
         )
+
+    @property
+    def effective_max_body_bytes_in_flight(self) -> int:
+        return self.max_body_bytes_in_flight or BODY_BUDGET_IMAGES * self.max_image_bytes
 
     @property
     def effective_hash_workers(self) -> int:
@@ -325,6 +351,17 @@ class Settings:
                 f"{PREFIX}DISTINCT_SIMILARITY={self.distinct_similarity} is above "
                 f"{PREFIX}MIN_SIMILARITY={self.min_similarity}: a candidate cannot be both "
                 "another picture and a duplicate"
+            )
+        if 0 < self.max_body_bytes_in_flight < self.max_image_bytes:
+            problems.append(
+                f"{PREFIX}MAX_BODY_BYTES_IN_FLIGHT={self.max_body_bytes_in_flight} is below "
+                f"{PREFIX}MAX_IMAGE_BYTES={self.max_image_bytes}: the largest image could never be received"
+            )
+        if self.http_body_wait_s >= self.http_read_timeout_s:
+            problems.append(
+                f"{PREFIX}HTTP_BODY_WAIT_S={self.http_body_wait_s} must be below "
+                f"{PREFIX}HTTP_READ_TIMEOUT_S={self.http_read_timeout_s}: a request waiting for "
+                "room would be cut off before its body is read"
             )
         for certificate, key in (("redis_ssl_certfile", "redis_ssl_keyfile"), ("kafka_ssl_certfile", "kafka_ssl_keyfile")):
             if bool(getattr(self, certificate)) != bool(getattr(self, key)):

@@ -67,6 +67,20 @@ class Metrics:
         self.http_requests = Counter(
             "imgdedup_http_requests_total", "HTTP requests, by route and status.", ["route", "method", "status"], registry=r,
         )
+        self.http_body_bytes = Gauge(
+            "imgdedup_http_body_bytes", "Request-body bytes reserved now (IMGDEDUP_MAX_BODY_BYTES_IN_FLIGHT).",
+            registry=r,
+        )
+        self.http_body_bytes_peak = Gauge(
+            "imgdedup_http_body_bytes_peak", "Most request-body bytes reserved at once since start.", registry=r,
+        )
+        self.http_body_waiting = Gauge(
+            "imgdedup_http_body_waiting", "Requests waiting for room to read their body.", registry=r,
+        )
+        self.http_read_timeouts = Counter(
+            "imgdedup_http_read_timeouts_total",
+            "Connections closed because a request's head or body came too slowly, by phase.", ["phase"], registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

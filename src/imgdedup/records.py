@@ -23,6 +23,10 @@ def validate_namespace(namespace: str) -> str:
         raise InvalidIdentifier(
             f"namespace {namespace!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
         )
+    # "." and ".." are path segments that mean "here" and "up" to every URL resolver, and
+    # dot-only names to many tools: a namespace must name something.
+    if not namespace.strip("."):
+        raise InvalidIdentifier(f"namespace {namespace!r} must not be made only of dots")
     return namespace
 
 

@@ -23,6 +23,9 @@ from imgdedup.records import ImageRecord, validate_image_id, validate_namespace
 
 JSON_CONTENT_TYPE = "application/json"
 PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
+JSON_WITHOUT_HEADER = (
+    f"not a protobuf ImageUploaded; JSON events need the header content-type: {JSON_CONTENT_TYPE}"
+)
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -56,11 +59,17 @@ def decode_upload(value: bytes | None, headers: Headers | None, fallback_event_i
     if not value:
         raise InvalidEvent("the record has no value")
     message = events_pb2.ImageUploaded()
+    # No protobuf ImageUploaded starts with '{' (0x7B would be a group tag of field 15,
+    # which the schema does not have): that is JSON sent without the header.
+    if value[:1] == b"{" and not is_json(headers):
+        raise InvalidEvent(JSON_WITHOUT_HEADER)
     try:
         _parse(message, value, headers)
     except (json_format.ParseError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"not an ImageUploaded JSON document: {exc}") from None
     except DecodeError as exc:
+        if value.lstrip(b" \t\r\n")[:1] == b"{":
+            raise InvalidEvent(JSON_WITHOUT_HEADER) from None
         raise InvalidEvent(f"not an ImageUploaded protobuf message: {exc}") from None
     if not message.namespace:
         raise InvalidEvent("namespace is missing")
@@ -91,7 +100,7 @@ def partial_identity(value: bytes | None, headers: Headers | None) -> tuple[str,
     so the rejection can still be routed to whoever sent it."""
     message = events_pb2.ImageUploaded()
     try:
-        _parse(message, value or b"", headers, ignore_unknown_fields=True)
+        _parse(message, value or b"", headers)
     except Exception:
         return "", "", ""
     return message.event_id, message.namespace, message.image_id
@@ -142,12 +151,12 @@ def decode_decision(value: bytes, headers: Headers | None = None) -> events_pb2.
     return message
 
 
-def _parse(
-    message: Message, value: bytes, headers: Headers | None, *, ignore_unknown_fields: bool = False
-) -> None:
-    """Fill `message` from a record value in the format its `content-type` header names."""
+def _parse(message: Message, value: bytes, headers: Headers | None) -> None:
+    """Fill `message` from a record value in the format its `content-type` header names.
+    Unknown JSON fields are ignored, as protobuf ignores unknown fields: a producer on a
+    newer schema is understood by an older consumer in both formats."""
     if is_json(headers):
-        json_format.Parse(value.decode("utf-8"), message, ignore_unknown_fields=ignore_unknown_fields)
+        json_format.Parse(value.decode("utf-8"), message, ignore_unknown_fields=True)
     else:
         message.ParseFromString(value)
 

@@ -12,14 +12,17 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
+from imgdedup.adapters.body_budget import BodyBudget, BudgetExhausted, Reservation
 from imgdedup.adapters.decision_view import decision_view
 from imgdedup.adapters.http_auth import AUTH, auth_middleware, check_route_policies
 from imgdedup.auth import Authenticator
@@ -43,6 +46,13 @@ _ACCEPTED_MEDIA = "application/octet-stream"
 #: What `curl --data-binary` sends when no type is given: a client that did not say,
 #: not a form. The bytes are sniffed either way.
 _UNSPECIFIED_MEDIA = frozenset({"application/x-www-form-urlencoded"})
+#: Reservation step for bodies of unknown length (chunked): room is reserved before
+#: each step is read.
+_CHUNKED_STEP = 1 << 20
+#: Status label of requests whose client went away before the answer (nginx's 499), and
+#: of requests whose body did not arrive within IMGDEDUP_HTTP_READ_TIMEOUT_S.
+CLIENT_GONE_STATUS = 499
+READ_TIMEOUT_STATUS = 408
 
 
 class UnsupportedMediaType(InputError):
@@ -59,6 +69,7 @@ class _State:
     settings: Settings
     readiness: Readiness
     openapi: bytes
+    bodies: BodyBudget
 
 
 STATE: web.AppKey[_State] = web.AppKey("imgdedup_http_state", _State)
@@ -78,7 +89,8 @@ def create_http_app(
     app = web.Application(
         client_max_size=settings.max_image_bytes + 1, middlewares=[_middleware, auth_middleware]
     )
-    app[STATE] = _State(dedup, metrics, settings, readiness, _load_openapi())
+    bodies = BodyBudget(settings.effective_max_body_bytes_in_flight, settings.http_body_wait_s, metrics)
+    app[STATE] = _State(dedup, metrics, settings, readiness, _load_openapi(), bodies)
     app[AUTH] = auth
     image = "/v1/namespaces/{ns}/images/{image_id}"
     app.router.add_post(image, _register, name="image_register")
@@ -110,18 +122,17 @@ async def _register(request: web.Request) -> web.Response:
     ns, image_id = request.match_info["ns"], request.match_info["image_id"]
     started = time.perf_counter()
     with state.metrics.in_flight.labels(SOURCE).track_inprogress():
-        data = await _read_image(request, state.settings)
-        registration = await state.dedup.register(ns, image_id, data)
+        async with _image_body(request) as data:
+            registration = await state.dedup.register(ns, image_id, data)
     state.metrics.decision_seconds.labels(SOURCE).observe(time.perf_counter() - started)
     if registration.replayed:
         state.metrics.replays.labels(SOURCE).inc()
     else:
         state.metrics.decisions.labels(SOURCE, registration.record.verdict.value).inc()
-    location = request.app.router["image"].url_for(ns=ns, image_id=image_id)
     return web.json_response(
         _registration_json(registration),
         status=200 if registration.replayed else 201,
-        headers={hdrs.LOCATION: str(location)},
+        headers={hdrs.LOCATION: _image_location(request, ns, image_id)},
     )
 
 
@@ -130,8 +141,8 @@ async def _check(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ns = request.match_info["ns"]
     with state.metrics.in_flight.labels(SOURCE).track_inprogress():
-        data = await _read_image(request, state.settings)
-        result = await state.dedup.check(ns, data)
+        async with _image_body(request) as data:
+            result = await state.dedup.check(ns, data)
     return web.json_response(_check_json(ns, result))
 
 
@@ -208,8 +219,18 @@ async def _openapi(request: web.Request) -> web.Response:
 # --- request bodies ---------------------------------------------------------------------
 
 
-async def _read_image(request: web.Request, settings: Settings) -> bytes:
-    """The raw image body, refusing oversized and non-image bodies before buffering them."""
+@asynccontextmanager
+async def _image_body(request: web.Request) -> AsyncIterator[bytes]:
+    """The raw image body, held within the body budget until the block ends (the
+    response is decided). Oversized and non-image bodies are refused before any byte is
+    read, and room for the body is reserved before it is read."""
+    state = request.app[STATE]
+    _check_body_headers(request, state.settings)
+    async with state.bodies.reservation() as reservation:
+        yield await _read_body(request, reservation, state.settings.max_image_bytes)
+
+
+def _check_body_headers(request: web.Request, settings: Settings) -> None:
     declared = request.headers.get(hdrs.CONTENT_TYPE)
     if declared is not None:
         mime = request.content_type.lower()
@@ -222,13 +243,32 @@ async def _read_image(request: web.Request, settings: Settings) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise ImageTooLarge(f"body is {length} bytes; the limit is {limit} bytes")
-    try:
-        data = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ImageTooLarge(f"body exceeds the limit of {limit} bytes") from None
-    if len(data) > limit:
-        raise ImageTooLarge(f"body is {len(data)} bytes; the limit is {limit} bytes")
-    return data
+
+
+async def _read_body(request: web.Request, reservation: Reservation, limit: int) -> bytes:
+    """Read at most what is reserved: the whole Content-Length up front (waiting for room),
+    or step by step for a chunked body (later steps do not wait: a request must not hold
+    part of the budget while it waits for more)."""
+    length = request.content_length
+    if length is not None:
+        await reservation.grow(length, wait=True)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        room = reservation.size - total
+        if room == 0:
+            if length is None and total < limit:
+                await reservation.grow(min(_CHUNKED_STEP, limit - total), wait=total == 0)
+                continue
+            if await request.content.readany():  # anything past the limit
+                raise ImageTooLarge(f"body exceeds the limit of {limit} bytes")
+            break
+        chunk = await request.content.read(room)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 # --- response bodies --------------------------------------------------------------------
@@ -286,6 +326,13 @@ def _error(
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
+def _image_location(request: web.Request, namespace: str, image_id: str) -> str:
+    """The image's URL path, each identifier percent-encoded as one path segment: an id
+    holding '/', '..', '?' or '#' cannot point the client elsewhere."""
+    template = request.app.router["image"].canonical
+    return template.format(ns=quote(namespace, safe=""), image_id=quote(image_id, safe=""))
+
+
 def _not_found(namespace: str, image_id: str) -> web.Response:
     logger.info(
         "image not found",
@@ -339,6 +386,39 @@ def _from_input_error(request: web.Request, exc: InputError, log: dict[str, Any]
     return _error(exc.http_status, exc.code, exc.detail)
 
 
+def _overloaded(exc: BudgetExhausted, log: dict[str, Any]) -> web.Response:
+    """No room in the body budget: shed the request; the client retries shortly. Logged
+    at INFO like rejections: under overload a line per request would add to the load
+    (`imgdedup_http_requests_total{status="503"}` counts them)."""
+    logger.info(
+        "overloaded: %s", exc, extra={**log, "error_code": "overloaded", "http_status": 503}
+    )
+    return _error(
+        503,
+        "overloaded",
+        "too many request bodies in flight; retry shortly",
+        headers={hdrs.RETRY_AFTER: "1"},
+    )
+
+
+def _client_gone(request: web.Request, exc: Exception) -> bool:
+    """The client closed the connection (or it was closed for reading too slowly)."""
+    transport = request.transport
+    return isinstance(exc, ConnectionError) and (transport is None or transport.is_closing())
+
+
+def _client_gone_response(request: web.Request, log: dict[str, Any]) -> web.Response:
+    """Nobody to answer: log without a traceback and label the request 499 (or 408 when
+    its body did not arrive in time), never as a server error."""
+    timed_out = getattr(request.protocol, "read_timed_out", False)
+    status = READ_TIMEOUT_STATUS if timed_out else CLIENT_GONE_STATUS
+    logger.info(
+        "request body not received in time" if timed_out else "client disconnected before the answer",
+        extra={**log, "http_status": status},
+    )
+    return web.Response(status=status)
+
+
 @web.middleware
 async def _middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -358,6 +438,8 @@ async def _middleware(
         response = exc if exc.status < 400 else _from_http_exception(request, exc, log)
     except InputError as exc:
         response = _from_input_error(request, exc, log)
+    except BudgetExhausted as exc:
+        response = _overloaded(exc, log)
     except TransientError as exc:
         if isinstance(exc, IndexUnavailable):
             request.app[STATE].metrics.redis_errors.labels(SOURCE).inc()
@@ -373,11 +455,14 @@ async def _middleware(
             "the index is temporarily unavailable; retry shortly",
             headers={hdrs.RETRY_AFTER: "1"},
         )
-    except Exception:
-        logger.exception(
-            "unhandled error", extra={**log, "error_code": "internal_error", "http_status": 500}
-        )
-        response = _error(500, "internal_error", "internal server error")
+    except Exception as exc:
+        if _client_gone(request, exc):
+            response = _client_gone_response(request, log)
+        else:
+            logger.exception(
+                "unhandled error", extra={**log, "error_code": "internal_error", "http_status": 500}
+            )
+            response = _error(500, "internal_error", "internal server error")
     method = request.method if request.method in _KNOWN_METHODS else "OTHER"
     request.app[STATE].metrics.http_requests.labels(
         route=_route_label(request), method=method, status=str(response.status)

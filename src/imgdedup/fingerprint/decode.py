@@ -60,8 +60,10 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
             # Pillow warns above its own global limit; our limit is the one that counts.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image: Image.Image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise DecompressionBomb(f"image canvas is too large: {exc}") from None
+    except Image.DecompressionBombError:
+        # Pillow refuses canvases past twice its own global limit before we see the size;
+        # ours is lower, so quote it instead of Pillow's.
+        raise DecompressionBomb(f"image canvas exceeds the limit of {max_pixels} pixels") from None
     except UnidentifiedImageError:
         raise UndecodableImage("not a recognisable image (unknown format or corrupt header)") from None
     except (OSError, ValueError, SyntaxError) as exc:
