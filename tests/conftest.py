@@ -14,6 +14,9 @@ from uuid import uuid4
 import pytest
 import redis
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from helpers import StartClient
 
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.index.redis.index import RedisMihIndex
@@ -180,3 +183,21 @@ def memory_index() -> MemoryIndex:
 def index(request: pytest.FixtureRequest):
     """The same contract tests, run against each backend."""
     return request.getfixturevalue(f"{request.param}_index")
+
+
+
+@pytest.fixture
+async def start_client() -> AsyncIterator[StartClient]:
+    """`await start_client(app, headers=...)`: a test client of a real server for the app;
+    every one is closed at teardown."""
+    clients: list[TestClient] = []
+
+    async def start(app: web.Application, headers: dict[str, str] | None = None) -> TestClient:
+        client = TestClient(TestServer(app), headers=headers)
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()

@@ -9,15 +9,21 @@ import hashlib
 import io
 import struct
 import zlib
+from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
 
 import imgdedup_devtools.samples
 import numpy as np
+from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from imgdedup.decisions.rules import Policy
 from imgdedup.fingerprint import Fingerprint
+
+#: The `start_client` fixture: `await start_client(app, headers=...)` -> a test client of a
+#: real server for the app, closed at teardown.
+StartClient = Callable[..., Awaitable[TestClient]]
 
 SAMPLES_DIR = Path(imgdedup_devtools.samples.__file__).parent
 SAMPLE_NAMES = tuple(sorted(p.stem for p in SAMPLES_DIR.glob("*.jpg")))

@@ -26,9 +26,10 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from auth_helpers import ADMIN, bearer, key_store, make_keys, write_keys_file
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from helpers import StartClient
 from imgdedup_devtools.demo import try_lines
 from imgdedup_devtools.keys import throwaway_key
 
@@ -95,20 +96,13 @@ AppClient = Callable[[Authenticator], Awaitable[TestClient]]
 
 
 @pytest.fixture
-async def app_client(dedup: Deduplicator) -> AsyncIterator[AppClient]:
+def app_client(dedup: Deduplicator, start_client: StartClient) -> AppClient:
     """A client (no default credential) of the real app with the given authenticator."""
-    clients: list[TestClient] = []
 
     async def make(auth: Authenticator) -> TestClient:
-        app = create_http_app(dedup, Metrics(), Settings(max_image_bytes=200_000), _ready, auth)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await start_client(create_http_app(dedup, Metrics(), Settings(max_image_bytes=200_000), _ready, auth))
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 async def call(client: TestClient, method: str, path: str, token: str | None = None, **kwargs: Any):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from auth_helpers import write_keys_file
 from helpers import SAMPLES_DIR
 from imgdedup_devtools.broker import free_port
@@ -29,15 +30,18 @@ def test_serve_refuses_invalid_configuration_listing_every_problem() -> None:
         assert fragment in result.stderr, result.stderr
 
 
-def test_serve_says_which_dependency_is_unreachable(tmp_path) -> None:
+@pytest.mark.parametrize("variable, address", [
+    ("IMGDEDUP_REDIS_URL", "redis://127.0.0.1:{port}/0"),
+    ("IMGDEDUP_KAFKA_BOOTSTRAP", "127.0.0.1:{port}"),
+])
+def test_serve_says_which_dependency_is_unreachable(tmp_path, variable: str, address: str) -> None:
     write_keys_file(tmp_path / "keys.json")
     result = run_cli("serve", env={
-        "IMGDEDUP_API_KEYS_FILE": str(tmp_path / "keys.json"),
-        "IMGDEDUP_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "IMGDEDUP_HTTP_PORT": "0",
-        "IMGDEDUP_HASH_WORKERS": "1",
+        "IMGDEDUP_API_KEYS_FILE": str(tmp_path / "keys.json"), variable: address.format(port=free_port()),
+        "IMGDEDUP_HTTP_PORT": "0", "IMGDEDUP_HASH_WORKERS": "1",
     })
-    assert result.returncode == 1
-    assert "does not answer" in result.stderr and "IMGDEDUP_REDIS_URL" in result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "does not answer" in result.stderr and variable in result.stderr
 
 
 def test_config_lists_every_setting_and_check_redacts_secrets(tmp_path) -> None:
@@ -62,15 +66,6 @@ def test_hash_prints_fingerprints_and_errors_per_file(tmp_path) -> None:
     assert '"format": "JPEG"' in lines[0] and '"error": "undecodable_image"' in lines[1]
 
 
-def test_serve_says_kafka_is_unreachable(tmp_path) -> None:
-    write_keys_file(tmp_path / "keys.json")
-    result = run_cli("serve", env={
-        "IMGDEDUP_API_KEYS_FILE": str(tmp_path / "keys.json"),
-        "IMGDEDUP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "IMGDEDUP_HTTP_PORT": "0",
-        "IMGDEDUP_HASH_WORKERS": "1",
-    })
-    assert result.returncode == 1, result.stderr
-    assert "does not answer" in result.stderr and "IMGDEDUP_KAFKA_BOOTSTRAP" in result.stderr
 
 
 def test_serve_refuses_missing_tls_files(tmp_path) -> None:

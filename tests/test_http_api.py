@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from auth_helpers import admin_auth
-from helpers import SAMPLES_DIR
+from helpers import SAMPLES_DIR, StartClient
 from imagegen import poison_tiff
 from openapi_spec_validator import validate as validate_openapi
 from PIL import Image, ImageEnhance
@@ -165,24 +165,15 @@ def dedup(index: DedupIndex, hasher: Hasher, metrics: Metrics) -> Deduplicator:
 
 
 @pytest.fixture
-async def make_client(
-    settings: Settings, metrics: Metrics
-) -> AsyncIterator[Callable[..., Awaitable[TestClient]]]:
-    """Start a real server for an app; every client is closed at teardown."""
-    clients: list[TestClient] = []
+def make_client(settings: Settings, metrics: Metrics, start_client: StartClient) -> Callable[..., Awaitable[TestClient]]:
+    """Start a real server for an app, authentication on as deployed: every request
+    carries an admin key."""
 
     async def make(dedup: Deduplicator, readiness: Readiness = _all_ok) -> TestClient:
-        # Authentication on, as deployed: every request carries an admin key.
         auth, headers = admin_auth()
-        app = create_http_app(dedup, metrics, settings, readiness, auth)
-        client = TestClient(TestServer(app), headers=headers)
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await start_client(create_http_app(dedup, metrics, settings, readiness, auth), headers=headers)
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 @pytest.fixture

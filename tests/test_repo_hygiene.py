@@ -68,11 +68,24 @@ def _emitted_error_codes() -> set[str]:
     """Every error code in src/: InputError classes, literal `_error(STATUS, "code", ...)`
     answers, named constants in errors.py, and the two aiohttp errors the middleware
     renames (404, 405)."""
+    import importlib
+    import pkgutil
+
+    import imgdedup
+    from imgdedup.errors import InputError
+
     codes = {"not_found", "method_not_allowed"}
+    for module in pkgutil.walk_packages(imgdedup.__path__, "imgdedup."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    pending: list[type[InputError]] = [InputError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.code)
+        pending += cls.__subclasses__()
+    codes.discard(InputError.code)  # the base class: never raised itself
     for path in (ROOT / "src/imgdedup").rglob("*.py"):
-        text = path.read_text()
-        codes |= set(re.findall(r'\bcode = "([a-z_]+)"', text))
-        codes |= set(re.findall(r'_error\(\s*\d{3},\s*"([a-z_]+)"', text))
+        codes |= set(re.findall(r'_error\(\s*\d{3},\s*"([a-z_]+)"', path.read_text()))
     codes |= set(re.findall(r'^[A-Z_]+ = "([a-z_]+)"$', (ROOT / "src/imgdedup/errors.py").read_text(), re.M))
     return codes
 

@@ -9,82 +9,67 @@ HTTP answers 503 with Retry-After. Never turned into a rejection.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 #: The code of a failure that is the service's fault, not the input's (a bug): HTTP 500,
 #: and over Kafka a `rejected` decision with the record dead-lettered for a later replay.
 INTERNAL_ERROR = "internal_error"
 
 
 class InputError(Exception):
-    """The caller sent something we cannot process; retrying will not help."""
+    """The caller sent something we cannot process; retrying will not help. Each
+    subclass names its machine code and HTTP status in its class line."""
 
-    code = "invalid_input"
-    http_status = 400
+    code: ClassVar[str] = "invalid_input"
+    http_status: ClassVar[int] = 400
+
+    def __init_subclass__(cls, *, code: str, http_status: int, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code, cls.http_status = code, http_status
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
 
 
-class UndecodableImage(InputError):
-    code = "undecodable_image"
-    http_status = 400
+class UndecodableImage(InputError, code="undecodable_image", http_status=400):
+    """The bytes are not a picture a supported decoder can read."""
 
 
-class EmptyImage(InputError):
-    code = "empty_image"
-    http_status = 400
+class EmptyImage(InputError, code="empty_image", http_status=400):
+    """The body or payload holds no bytes."""
 
 
-class UnsupportedImageType(InputError):
-    code = "unsupported_image_type"
-    http_status = 415
+class UnsupportedImageType(InputError, code="unsupported_image_type", http_status=415):
+    """A picture, but not in an upload format the service decodes."""
 
 
-class ImageTooLarge(InputError):
+class ImageTooLarge(InputError, code="image_too_large", http_status=413):
     """Too many bytes: refused before any decoding work is spent on it."""
 
-    code = "image_too_large"
-    http_status = 413
 
-
-class DecompressionBomb(InputError):
+class DecompressionBomb(InputError, code="decompression_bomb", http_status=413):
     """Small file, huge canvas: refused from the header, before pixels are allocated."""
 
-    code = "decompression_bomb"
-    http_status = 413
 
-
-class InvalidEvent(InputError):
+class InvalidEvent(InputError, code="invalid_event", http_status=400):
     """A Kafka record that is not a well-formed ImageUploaded event."""
 
-    code = "invalid_event"
-    http_status = 400
+
+class InvalidIdentifier(InputError, code="invalid_identifier", http_status=400):
+    """A namespace or image id outside the allowed characters or length."""
 
 
-class InvalidIdentifier(InputError):
-    code = "invalid_identifier"
-    http_status = 400
-
-
-class UrlRefused(InputError):
+class UrlRefused(InputError, code="url_refused", http_status=400):
     """The URL points somewhere we must not fetch from (private address, bad scheme)."""
 
-    code = "url_refused"
-    http_status = 400
 
-
-class FetchFailed(InputError):
+class FetchFailed(InputError, code="fetch_failed", http_status=400):
     """The image URL could not be fetched (HTTP error, timeout, too large)."""
 
-    code = "fetch_failed"
-    http_status = 400
 
-
-class ImageIdConflict(InputError):
+class ImageIdConflict(InputError, code="image_id_conflict", http_status=409):
     """The image_id is already registered with different bytes."""
-
-    code = "image_id_conflict"
-    http_status = 409
 
 
 class TransientError(Exception):

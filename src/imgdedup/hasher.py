@@ -18,19 +18,13 @@ from imgdedup.fingerprint import Fingerprint, ImageLimits, fingerprint
 from imgdedup.process_pool import RenewingPool, prepare_worker
 
 
-class HashingCrashed(InputError):
+class HashingCrashed(InputError, code="hashing_crashed", http_status=422):
     """The image killed the worker decoding it, also when it was alone in a worker process
     (a decoder crash or running out of memory)."""
 
-    code = "hashing_crashed"
-    http_status = 422
 
-
-class HashingTimeout(InputError):
+class HashingTimeout(InputError, code="hashing_timeout", http_status=422):
     """Fingerprinting the image overran the time limit, also alone in a worker process."""
-
-    code = "hashing_timeout"
-    http_status = 422
 
 
 #: What fingerprints one image on a worker (picklable): `fingerprint` but in tests.

@@ -55,11 +55,8 @@ CLIENT_GONE_STATUS = 499
 READ_TIMEOUT_STATUS = 408
 
 
-class UnsupportedMediaType(InputError):
+class UnsupportedMediaType(InputError, code="unsupported_media_type", http_status=415):
     """The request declared a body type that is not an image (e.g. a JSON or form post)."""
-
-    code = "unsupported_media_type"
-    http_status = 415
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,28 +106,39 @@ def entry_problems(entry: Any, where: str) -> list[str]:
             f"{where}: sha256 must be 64 lowercase hex digits (the SHA-256 of the token, as "
             "`imgdedup keys new` prints it), never the token itself"
         )
-    namespaces = entry.get("namespaces")
-    if "namespaces" in entry:
-        if not isinstance(namespaces, list) or not namespaces:
-            problems.append(f"{where}: namespaces must be a non-empty list")
-        else:
-            for text in namespaces:
-                try:
-                    NamespacePattern.parse(text)
-                except ValueError as exc:
-                    problems.append(f"{where}: namespaces: {exc}")
-    roles = entry.get("roles")
-    if "roles" in entry:
-        if not isinstance(roles, list) or not roles:
-            problems.append(f"{where}: roles must be a non-empty list of {', '.join(ROLE_NAMES)}")
-        else:
-            for role in roles:
-                if role not in ROLE_NAMES:
-                    problems.append(f"{where}: roles: unknown role {role!r} (known: {', '.join(ROLE_NAMES)})")
+    problems += _list_problems(where, entry, "namespaces", "namespaces must be a non-empty list", _namespace_problem)
+    problems += _list_problems(
+        where, entry, "roles", f"roles must be a non-empty list of {', '.join(ROLE_NAMES)}", _role_problem
+    )
     for field in _OPTIONAL:
         if field in entry and not isinstance(entry[field], str):
             problems.append(f"{where}: {field} must be a string")
     return problems
+
+
+def _list_problems(
+    where: str, entry: dict[str, Any], field: str, shape: str, item_problem: Callable[[Any], str | None]
+) -> list[str]:
+    """Problems of a list field: missing is reported elsewhere; not a non-empty list is
+    `shape`; each item is checked by `item_problem` (None: fine)."""
+    if field not in entry:
+        return []
+    items = entry[field]
+    if not isinstance(items, list) or not items:
+        return [f"{where}: {shape}"]
+    return [f"{where}: {field}: {problem}" for item in items if (problem := item_problem(item)) is not None]
+
+
+def _namespace_problem(text: Any) -> str | None:
+    try:
+        NamespacePattern.parse(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _role_problem(role: Any) -> str | None:
+    return None if role in ROLE_NAMES else f"unknown role {role!r} (known: {', '.join(ROLE_NAMES)})"
 
 
 def parse_keys(document: Any, source: str) -> KeyStore:

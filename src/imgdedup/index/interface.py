@@ -24,14 +24,8 @@ class DedupIndex(Protocol):
     backend: str
 
     async def register(
-        self,
-        namespace: str,
-        image_id: str,
-        fingerprint: Fingerprint,
-        decide: DecideFn,
-        *,
-        radius: int,
-        event_id: str | None = None,
+        self, namespace: str, image_id: str, fingerprint: Fingerprint, decide: DecideFn, *,
+        radius: int, event_id: str | None = None,
     ) -> Registration:
         """Atomically: replay a stored decision, or look up, decide, and record.
 

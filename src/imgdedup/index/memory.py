@@ -61,14 +61,8 @@ class MemoryIndex:
         return ns
 
     async def register(
-        self,
-        namespace: str,
-        image_id: str,
-        fingerprint: Fingerprint,
-        decide: DecideFn,
-        *,
-        radius: int,
-        event_id: str | None = None,
+        self, namespace: str, image_id: str, fingerprint: Fingerprint, decide: DecideFn, *,
+        radius: int, event_id: str | None = None,
     ) -> Registration:
         validate_image_id(image_id)
         ns = self._ns(namespace)

@@ -155,14 +155,8 @@ class RedisMihIndex:
     # --- registration ------------------------------------------------------------------
     @maps_redis_errors
     async def register(
-        self,
-        namespace: str,
-        image_id: str,
-        fingerprint: Fingerprint,
-        decide: DecideFn,
-        *,
-        radius: int,
-        event_id: str | None = None,
+        self, namespace: str, image_id: str, fingerprint: Fingerprint, decide: DecideFn, *,
+        radius: int, event_id: str | None = None,
     ) -> Registration:
         validate_namespace(namespace)
         validate_image_id(image_id)

@@ -37,14 +37,8 @@ class Layout(Protocol):
         ...
 
     async def near(
-        self,
-        namespace: str,
-        meta: NamespaceMeta,
-        codes: Sequence[int],
-        radius: int,
-        sha256_hex: str | None = None,
-        *,
-        upto: bytes | None = None,
+        self, namespace: str, meta: NamespaceMeta, codes: Sequence[int], radius: int,
+        sha256_hex: str | None = None, *, upto: bytes | None = None,
     ) -> dict[int, int]:
         """{seq: distance} of every indexed image within `radius` of a query code (kept or
         not: the state decides); with `sha256_hex`, the kept image with those exact bytes
@@ -91,14 +85,8 @@ class BucketLayout:
         )
 
     async def near(
-        self,
-        namespace: str,
-        meta: NamespaceMeta,
-        codes: Sequence[int],
-        radius: int,
-        sha256_hex: str | None = None,
-        *,
-        upto: bytes | None = None,
+        self, namespace: str, meta: NamespaceMeta, codes: Sequence[int], radius: int,
+        sha256_hex: str | None = None, *, upto: bytes | None = None,
     ) -> dict[int, int]:
         sha_keys = [self._keys.sha(namespace, sha256_hex)] if sha256_hex else []
         probed = self._keys.probe_keys(namespace, codes, radius, meta.m)
@@ -158,14 +146,8 @@ class LogLayout:
         )
 
     async def near(
-        self,
-        namespace: str,
-        meta: NamespaceMeta,
-        codes: Sequence[int],
-        radius: int,
-        sha256_hex: str | None = None,
-        *,
-        upto: bytes | None = None,
+        self, namespace: str, meta: NamespaceMeta, codes: Sequence[int], radius: int,
+        sha256_hex: str | None = None, *, upto: bytes | None = None,
     ) -> dict[int, int]:
         """Caught up to `upto` or, without it, to the log's current end first."""
         sha_keys = [self._keys.sha(namespace, sha256_hex)] if sha256_hex else []
