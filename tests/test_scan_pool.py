@@ -142,8 +142,9 @@ def test_a_scan_reports_the_image_that_kills_its_worker(tmp_path: Path, monkeypa
 def test_a_scan_gives_up_when_every_image_kills_its_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = tmp_path / "src"
     source.mkdir()
-    for n in range(12):
+    for n in range(5):
         (source / f"poison-{n}.jpg").write_bytes(b"never read")
     monkeypatch.setattr("imgdedup.scan.hashing.hash_chunk", _poisoned_hash_chunk)
+    monkeypatch.setattr("imgdedup.scan.hashing.MAX_CONSECUTIVE_CRASHES", 3)
     with pytest.raises(ScanError, match="in a row crashed their worker process"):
         run(source, tmp_path / "out")

@@ -69,7 +69,7 @@ async def scan(
         console.say(setup.checkpoint.discarded_reason)
     stop = StopRequest()
     seconds: dict[str, float] = {}
-    pool = RenewingPool(partial(_new_executor, setup.workers))
+    pool = RenewingPool(partial(_new_executor, setup.workers), build_alone=_new_lone_executor)
     downloads: Downloads | None = None
     with stop_on_signals(stop, console.stream):
         try:
@@ -123,6 +123,16 @@ def _new_executor(workers: int) -> ProcessPoolExecutor:
     context.set_forkserver_preload(["imgdedup.scan.worker"])
     return ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=init_worker, initargs=(_aws_environment(),)
+    )
+
+
+def _new_lone_executor() -> ProcessPoolExecutor:
+    """One worker for an item retried alone after a crash. Started with `spawn`, not
+    through the fork server: such retries come in bursts (every image a dead worker
+    held), and they leave the fork server to the pool's own workers."""
+    return ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+        initargs=(_aws_environment(),),
     )
 
 
