@@ -97,3 +97,29 @@ def test_readme_lists_every_error_code() -> None:
     codes = _emitted_error_codes()
     assert {"overloaded", "internal_error", "invalid_event", "url_refused", "image_too_large"} <= codes
     assert not codes - listed, f"README's error list misses {sorted(codes - listed)}"
+
+
+def _scripts() -> list[Path]:
+    return sorted([*ROOT.glob("scripts/*.py"), ROOT / "devtools" / "corpus" / "build-holdout-corpus"])
+
+
+def test_scripts_import_only_names_that_exist() -> None:
+    """Scripts outside the packages are not type-checked: a module move breaks them silently."""
+    import ast
+    import importlib
+
+    missing = []
+    for script in _scripts():
+        for node in ast.walk(ast.parse(script.read_text(), str(script))):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            if node.module.split(".")[0] not in {"imgdedup", "imgdedup_devtools"}:
+                continue
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError:
+                missing.append(f"{script.name}: {node.module}")
+                continue
+            missing += [f"{script.name}: {node.module}.{alias.name}" for alias in node.names
+                        if not hasattr(module, alias.name)]
+    assert not missing, missing
