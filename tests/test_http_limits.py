@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -330,3 +332,34 @@ async def test_a_client_that_disconnects_mid_body_is_499_without_traceback(
         gone = [r for r in caplog.records if "disconnected" in r.getMessage()]
         assert len(gone) == 1 and gone[0].levelno == logging.INFO and gone[0].exc_info is None
         assert (gone[0].namespace, gone[0].image_id, gone[0].http_status) == (NS, "gone", 499)  # type: ignore[attr-defined]
+
+
+# --- every answer is JSON, also to requests the HTTP parser refuses -----------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /v1/namespaces/shop/images/x HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n",
+        b"POST /v1/namespaces/shop/images/x HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
+        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
+    ],
+    ids=["not-http", "header-without-colon", "negative-length", "line-too-long"],
+)
+async def test_a_request_the_parser_refuses_gets_a_json_400(
+    request_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serve() as served:
+        reader, writer = await asyncio.open_connection(served.host, served.port)
+        try:
+            writer.write(request_bytes)
+            await writer.drain()
+            answer = await closed_by_server(reader, within=10)
+        finally:
+            writer.close()
+    head_bytes, _, body = answer.partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] 400 ", head_bytes), answer[:200]
+    assert b"content-type: application/json" in head_bytes.lower()
+    assert json.loads(body) == {"error": "malformed_request", "detail": "the request is not valid HTTP/1.1"}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a client's bad bytes are not our fault"

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 #: The code of a failure that is the service's fault, not the input's (a bug): HTTP 500,
 #: and over Kafka a `rejected` decision with the record dead-lettered for a later replay.
 INTERNAL_ERROR = "internal_error"
+#: A request that is not valid HTTP (the server's parser refused it before any handler).
+MALFORMED_REQUEST = "malformed_request"
 
 
 class InputError(Exception):

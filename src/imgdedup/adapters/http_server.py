@@ -20,8 +20,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from imgdedup.config import Settings
+from imgdedup.errors import INTERNAL_ERROR, MALFORMED_REQUEST
 from imgdedup.metrics import Metrics
 
 logger = logging.getLogger("imgdedup.http")
@@ -44,6 +47,25 @@ class DeadlineRequestHandler(RequestHandler):
         #: Set when this connection was closed for reading too slowly (the middleware
         #: labels the request it cut off with 408 instead of a client disconnect).
         self.read_timed_out = False
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None,
+    ) -> StreamResponse:
+        """A request aiohttp could not parse (or a fault outside the application): the
+        API's JSON error body instead of aiohttp's plain text, and no parser detail."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        if status < 500:
+            logger.info("malformed request refused", extra={"http_status": status, "peer": str(peer[0]) if peer else None,
+                                                           "error": type(exc).__name__ if exc else None})
+            code, detail = MALFORMED_REQUEST, "the request is not valid HTTP/1.1"
+        else:
+            logger.error("error outside the application", exc_info=exc)
+            code, detail = INTERNAL_ERROR, "internal server error"
+        response = web.json_response({"error": code, "detail": detail}, status=status)
+        response.force_close()
+        return response
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
