@@ -581,6 +581,20 @@ async def test_dot_namespaces_sent_verbatim_are_400(client: TestClient, ns: str)
     assert (status, body["error"]) == (400, "invalid_identifier"), body
 
 
+@pytest.mark.parametrize("image_id", ["%2E", "%2E%2E", ".", ".."])
+@pytest.mark.parametrize("method", ["POST", "GET", "DELETE"])
+async def test_dot_segment_image_ids_sent_verbatim_are_400(client: TestClient, image_id: str, method: str) -> None:
+    """An image "." or ".." would have a Location that resolves to another URL."""
+    data = original("astronaut")
+    request = (
+        f"{method} /v1/namespaces/{NS}/images/{image_id} HTTP/1.1\r\nHost: t\r\n{_auth_line(client)}"
+        f"Content-Type: image/jpeg\r\nContent-Length: {len(data) if method == 'POST' else 0}\r\n\r\n"
+    )
+    status, body = await _raw_exchange(client, request.encode() + (data if method == "POST" else b""))
+    assert (status, body["error"]) == (400, "invalid_identifier"), body
+    assert "dot segment" in body["detail"]
+
+
 async def test_same_id_different_bytes_is_409(client: TestClient) -> None:
     status, first = await register(client, "x", original("astronaut"))
     assert status == 201
