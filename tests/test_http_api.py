@@ -1089,3 +1089,16 @@ async def test_concurrent_near_duplicates_exactly_one_accepted(client: TestClien
 
     listing = await (await client.get(image_url(accepted[0]) + "/duplicates")).json()
     assert len(listing["duplicates"]) == 29
+
+
+@pytest.mark.parametrize("expect", ["0", "fancy-feature", "100-continue, x"])
+async def test_an_unknown_expectation_is_ignored_not_a_plain_text_417(client: TestClient, expect: str) -> None:
+    """aiohttp's default answer bypassed the JSON middleware; RFC 9110 allows ignoring it."""
+    await assert_error(await client.get(image_url("nobody"), headers={"Expect": expect}), 404, "not_found")
+    response = await client.post(image_url("exp"), data=original("astronaut"), headers={**JPEG, "Expect": expect})
+    assert response.status == 201, await response.text()
+
+
+async def test_expect_100_continue_still_works(client: TestClient) -> None:
+    response = await client.post(image_url("cont"), data=original("astronaut"), headers=JPEG, expect100=True)
+    assert response.status == 201, await response.text()
