@@ -191,8 +191,8 @@ def _request(target: HttpTarget, method: str, path: str, token: str, content_typ
     method=st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"]),
     route=st.sampled_from(["image", "duplicates", "check", "other"]),
     ns=segments, image_id=segments, token=tokens, content_type=content_types, body=bodies,
-    extra=st.lists(st.tuples(st.sampled_from(["Accept", "X-Request-Id", "Content-Encoding", "Expect",
-                                              "Transfer-Encoding"]),
+    extra=st.lists(st.tuples(st.sampled_from(["Accept", "X-Request-Id", "Content-Encoding",
+                                              ]),
                              st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)),
                    max_size=2),
 )
