@@ -57,3 +57,29 @@ def poison_tiff() -> bytes:
             data[entry + 2 : entry + 4] = _TYPE_UNDEFINED.to_bytes(2, "little")
             return bytes(data)
     raise AssertionError("no StripOffsets entry")
+
+
+def _small_avif() -> bytes:
+    image = Image.fromarray((np.indices((16, 16)).sum(axis=0) % 2 * 255).astype(np.uint8), "L").convert("RGB")
+    return encode(image, "AVIF")
+
+
+def poison_avif_header() -> bytes:
+    """An AVIF on which Pillow's plugin raises `RuntimeError` ("Missing or empty image
+    item") inside `Image.open`: the primary item id of a valid file's `pitm` box set to
+    0xFFFF, an item that does not exist."""
+    data = bytearray(_small_avif())
+    box = data.index(b"pitm")
+    # box type, then version (1 byte) and flags (3 bytes), then the 16-bit item id
+    data[box + 8 : box + 10] = b"\xff\xff"
+    return bytes(data)
+
+
+def poison_avif_pixels() -> bytes:
+    """An AVIF whose header is fine but on which Pillow raises `RuntimeError` ("Decoding
+    of color planes failed") inside `Image.load()`: the first byte of the coded picture
+    (the `mdat` payload, an AV1 OBU header) inverted."""
+    data = bytearray(_small_avif())
+    payload = data.index(b"mdat") + 4
+    data[payload] ^= 0xFF
+    return bytes(data)

@@ -58,6 +58,21 @@ def test_dot_only_namespaces_are_refused(namespace: str, as_json: bool) -> None:
     assert "only of dots" in info.value.detail
 
 
+@pytest.mark.parametrize("image_id", [".", ".."])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_dot_segment_image_ids_are_refused(image_id: str, as_json: bool) -> None:
+    value = encode_upload(UploadEvent("e-1", "shop", image_id, "", b"img", None), as_json=as_json)
+    with pytest.raises(InvalidEvent) as info:
+        decode_upload(value, JSON_HEADERS if as_json else None, "fallback")
+    assert "dot segment" in info.value.detail
+
+
+def test_image_ids_with_dots_and_more_are_fine() -> None:
+    for image_id in ("...", "./a", "a..", ".hidden"):
+        value = encode_upload(UploadEvent("e-1", "shop", image_id, "", b"img", None))
+        assert decode_upload(value, None, "fallback").image_id == image_id
+
+
 def test_namespace_with_dots_and_letters_is_fine() -> None:
     value = encode_upload(UploadEvent("e-1", "shop.v2..eu", "a.jpg", "", b"img", None))
     assert decode_upload(value, None, "fallback").namespace == "shop.v2..eu"

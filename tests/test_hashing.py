@@ -25,8 +25,8 @@ from helpers import (
     tiff,
     webp,
 )
-from imagegen import poison_tiff
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, features
+from imagegen import poison_avif_header, poison_avif_pixels, poison_tiff
+from PIL import Image, ImageDraw, ImageEnhance, ImageFile, ImageFilter, ImageOps, features
 
 from imgdedup.errors import (
     DecompressionBomb,
@@ -476,6 +476,33 @@ def test_a_file_pillow_fails_on_with_a_type_error_is_undecodable():
     with pytest.raises(UndecodableImage, match="impossible type or value") as info:
         fp(data)
     assert "bytes" not in info.value.detail, "Pillow's internals stay out of the detail"
+
+
+@pytest.mark.parametrize("poison", [poison_avif_header, poison_avif_pixels], ids=["open", "load"])
+def test_a_file_the_avif_decoder_fails_on_with_a_runtime_error_is_undecodable(poison):
+    if not features.check("avif"):
+        pytest.skip("this Pillow build has no AVIF codec")
+    data = poison()
+    with pytest.raises(RuntimeError):  # the premise: Pillow's AVIF plugin raises no OSError
+        Image.open(io.BytesIO(data)).load()
+    with pytest.raises(UndecodableImage) as info:
+        fp(data)
+    assert "libavif" not in info.value.detail and "Failed to decode" not in info.value.detail
+
+
+@pytest.mark.parametrize("stage", ["open", "load"])
+def test_memory_error_inside_the_decoder_is_not_blamed_on_the_file(monkeypatch, stage):
+    """Running short of memory is the process's problem: it must not become a 400."""
+
+    def short_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    if stage == "open":
+        monkeypatch.setattr(Image, "open", short_of_memory)
+    else:
+        monkeypatch.setattr(ImageFile.ImageFile, "load", short_of_memory)
+    with pytest.raises(MemoryError):
+        fp(png(sample_image("chelsea")))
 
 
 def test_random_garbage_is_undecodable():

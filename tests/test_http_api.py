@@ -581,6 +581,20 @@ async def test_dot_namespaces_sent_verbatim_are_400(client: TestClient, ns: str)
     assert (status, body["error"]) == (400, "invalid_identifier"), body
 
 
+@pytest.mark.parametrize("image_id", ["%2E", "%2E%2E", ".", ".."])
+@pytest.mark.parametrize("method", ["POST", "GET", "DELETE"])
+async def test_dot_segment_image_ids_sent_verbatim_are_400(client: TestClient, image_id: str, method: str) -> None:
+    """An image "." or ".." would have a Location that resolves to another URL."""
+    data = original("astronaut")
+    request = (
+        f"{method} /v1/namespaces/{NS}/images/{image_id} HTTP/1.1\r\nHost: t\r\n{_auth_line(client)}"
+        f"Content-Type: image/jpeg\r\nContent-Length: {len(data) if method == 'POST' else 0}\r\n\r\n"
+    )
+    status, body = await _raw_exchange(client, request.encode() + (data if method == "POST" else b""))
+    assert (status, body["error"]) == (400, "invalid_identifier"), body
+    assert "dot segment" in body["detail"]
+
+
 async def test_same_id_different_bytes_is_409(client: TestClient) -> None:
     status, first = await register(client, "x", original("astronaut"))
     assert status == 201
@@ -1075,3 +1089,16 @@ async def test_concurrent_near_duplicates_exactly_one_accepted(client: TestClien
 
     listing = await (await client.get(image_url(accepted[0]) + "/duplicates")).json()
     assert len(listing["duplicates"]) == 29
+
+
+@pytest.mark.parametrize("expect", ["0", "fancy-feature", "100-continue, x"])
+async def test_an_unknown_expectation_is_ignored_not_a_plain_text_417(client: TestClient, expect: str) -> None:
+    """aiohttp's default answer bypassed the JSON middleware; RFC 9110 allows ignoring it."""
+    await assert_error(await client.get(image_url("nobody"), headers={"Expect": expect}), 404, "not_found")
+    response = await client.post(image_url("exp"), data=original("astronaut"), headers={**JPEG, "Expect": expect})
+    assert response.status == 201, await response.text()
+
+
+async def test_expect_100_continue_still_works(client: TestClient) -> None:
+    response = await client.post(image_url("cont"), data=original("astronaut"), headers=JPEG, expect100=True)
+    assert response.status == 201, await response.text()

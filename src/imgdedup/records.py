@@ -35,6 +35,10 @@ def validate_image_id(image_id: str) -> str:
         raise InvalidIdentifier(f"image_id must be 1-{MAX_IMAGE_ID_LENGTH} characters")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in image_id):
         raise InvalidIdentifier("image_id must not contain control characters")
+    # As a URL path segment "." means "here" and ".." "up": the image's URL (Location)
+    # would resolve to another resource. Other ids with dots are fine.
+    if image_id in (".", ".."):
+        raise InvalidIdentifier(f"image_id {image_id!r} is a dot segment, which URLs cannot address")
     return image_id
 
 

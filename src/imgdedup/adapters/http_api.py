@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 
 from imgdedup.adapters.body_budget import BodyBudget, BudgetExhausted, Reservation
 from imgdedup.adapters.decision_view import decision_view
@@ -90,17 +90,27 @@ def create_http_app(
     app[STATE] = _State(dedup, metrics, settings, readiness, _load_openapi(), bodies)
     app[AUTH] = auth
     image = "/v1/namespaces/{ns}/images/{image_id}"
-    app.router.add_post(image, _register, name="image_register")
-    app.router.add_get(image, _get_record, name="image")
-    app.router.add_delete(image, _delete, name="image_delete")
-    app.router.add_get(image + "/duplicates", _duplicates, name="image_duplicates")
-    app.router.add_post("/v1/namespaces/{ns}/check", _check, name="check")
-    app.router.add_get("/healthz", _healthz, name="healthz")
-    app.router.add_get("/readyz", _readyz, name="readyz")
-    app.router.add_get("/metrics", _metrics, name="metrics")
-    app.router.add_get("/openapi.json", _openapi, name="openapi")
+    app.router.add_post(image, _register, name="image_register", expect_handler=_expect_continue_only)
+    app.router.add_get(image, _get_record, name="image", expect_handler=_expect_continue_only)
+    app.router.add_delete(image, _delete, name="image_delete", expect_handler=_expect_continue_only)
+    app.router.add_get(image + "/duplicates", _duplicates, name="image_duplicates", expect_handler=_expect_continue_only)
+    app.router.add_post("/v1/namespaces/{ns}/check", _check, name="check", expect_handler=_expect_continue_only)
+    app.router.add_get("/healthz", _healthz, name="healthz", expect_handler=_expect_continue_only)
+    app.router.add_get("/readyz", _readyz, name="readyz", expect_handler=_expect_continue_only)
+    app.router.add_get("/metrics", _metrics, name="metrics", expect_handler=_expect_continue_only)
+    app.router.add_get("/openapi.json", _openapi, name="openapi", expect_handler=_expect_continue_only)
     check_route_policies(app)
     return app
+
+
+async def _expect_continue_only(request: web.Request) -> None:
+    """`Expect: 100-continue` is answered as aiohttp does; any other expectation is
+    ignored (RFC 9110 lets a server do so) instead of aiohttp's plain-text 417, which
+    would bypass the JSON error middleware."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() == "100-continue" and request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the response's
 
 
 def _load_openapi() -> bytes:

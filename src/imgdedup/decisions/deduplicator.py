@@ -84,14 +84,17 @@ class Deduplicator:
 
     async def get(self, namespace: str, image_id: str) -> ImageRecord | None:
         validate_namespace(namespace)
+        validate_image_id(image_id)
         return await self.index.get(namespace, image_id)
 
     async def duplicates_of(self, namespace: str, image_id: str) -> list[ImageRecord]:
         validate_namespace(namespace)
+        validate_image_id(image_id)
         return await self.index.duplicates_of(namespace, image_id)
 
     async def remove(self, namespace: str, image_id: str) -> bool:
         validate_namespace(namespace)
+        validate_image_id(image_id)
         started = time.perf_counter()
         try:
             return await self.index.remove(namespace, image_id)

@@ -6,7 +6,6 @@ planes: the entropy decoding is the only full-size work, and the hash loses noth
 from __future__ import annotations
 
 import io
-import struct
 import warnings
 from typing import NamedTuple
 
@@ -20,14 +19,13 @@ from imgdedup.fingerprint.trim import trim_size
 #: are refused: they are not upload formats and widen the attack surface.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF"})
 
-#: What else Pillow raises on a malformed file: its format plugins read header fields and
-#: tags in Python, and a field of the wrong type, count or size (a TIFF strip offset
-#: typed UNDEFINED, say) surfaces as one of these from `open`, `seek` or `load`. Raised
-#: there, they mean a corrupt file; raised by our own code they would mean a bug, so the
-#: normalisation after decoding does not map them.
-MALFORMED_FIELD_ERRORS: tuple[type[Exception], ...] = (
-    TypeError, struct.error, IndexError, KeyError, ZeroDivisionError, OverflowError,
-)
+#: What Pillow raises on a corrupt file that says what is wrong with it: quoted in the detail.
+DESCRIBED_DECODER_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, SyntaxError, EOFError)
+
+#: Not the file's fault, even when raised inside Pillow: the process is short of memory.
+#: Never mapped to a refusal of the image (KeyboardInterrupt and SystemExit are not
+#: `Exception`s and pass anyway).
+NOT_DECODER_FAILURES: tuple[type[Exception], ...] = (MemoryError,)
 
 #: Alpha is composited onto this colour so that a cut-out on transparency and the same
 #: cut-out on white (the usual product-shot background) hash the same.
@@ -37,6 +35,16 @@ _BACKGROUND_LUMINANCE = Image.new("RGB", (1, 1), FLATTEN_BACKGROUND).convert("L"
 #: Smallest side requested from the JPEG DCT-scaled decoder. pHash needs 32x32; 64 keeps
 #: enough detail for a clean area-average resize.
 DRAFT_MIN_SIDE = 64
+
+
+#: Detail for any other exception raised inside Pillow's open, seek or load. Its format
+#: plugins parse headers and tags in Python and raise whatever that parsing hits on a
+#: malformed file (a TIFF field of the wrong type gives TypeError, struct.error or
+#: IndexError; the AVIF plugin raises RuntimeError for libavif's failures), so there any
+#: exception means a corrupt file. Its text names Pillow's internals: not quoted. Raised
+#: by our own normalisation after decoding, such exceptions would mean a bug and are not
+#: mapped.
+_UNDESCRIBED_FAILURE = "the decoder failed on it (a field has an impossible type or value)"
 
 
 class Picture(NamedTuple):
@@ -66,10 +74,12 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
         raise DecompressionBomb(f"image canvas exceeds the limit of {max_pixels} pixels") from None
     except UnidentifiedImageError:
         raise UndecodableImage("not a recognisable image (unknown format or corrupt header)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except NOT_DECODER_FAILURES:
+        raise
+    except DESCRIBED_DECODER_ERRORS as exc:
         raise UndecodableImage(f"corrupt image header: {exc}") from None
-    except MALFORMED_FIELD_ERRORS:
-        raise UndecodableImage("corrupt image header: a field has an impossible type or value") from None
+    except Exception:  # see _UNDESCRIBED_FAILURE
+        raise UndecodableImage(f"corrupt image header: {_UNDESCRIBED_FAILURE}") from None
 
     fmt = image.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
@@ -98,12 +108,14 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise UndecodableImage(f"image data is corrupt or truncated: {exc}") from None
-    except MALFORMED_FIELD_ERRORS:
-        raise UndecodableImage("image data is corrupt: a field has an impossible type or value") from None
     except Image.DecompressionBombError as exc:  # pragma: no cover - guarded above
         raise DecompressionBomb(str(exc)) from None
+    except NOT_DECODER_FAILURES:
+        raise
+    except DESCRIBED_DECODER_ERRORS as exc:
+        raise UndecodableImage(f"image data is corrupt or truncated: {exc}") from None
+    except Exception:  # see _UNDESCRIBED_FAILURE
+        raise UndecodableImage(f"image data is corrupt: {_UNDESCRIBED_FAILURE}") from None
     try:  # our normalisation of the decoded pixels
         orientation = exif_orientation(image)
         if orientation in ORIENTATION_TRANSPOSE:
