@@ -14,6 +14,10 @@ from typing import Any, ClassVar
 #: The code of a failure that is the service's fault, not the input's (a bug): HTTP 500,
 #: and over Kafka a `rejected` decision with the record dead-lettered for a later replay.
 INTERNAL_ERROR = "internal_error"
+#: Over Kafka only: the broker refused the event's decision for good (larger than the
+#: decisions topic accepts, typically from large attributes). The event is rejected with
+#: this code, its attributes left out of the rejection, and dead-lettered.
+DECISION_REFUSED = "decision_refused"
 
 
 class InputError(Exception):
