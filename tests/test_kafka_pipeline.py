@@ -340,6 +340,55 @@ async def test_a_record_whose_rejection_cannot_be_produced_is_skipped_not_stalle
     assert [(r.partition, r.offset) for r in dropped] == [(0, offsets[0])]  # type: ignore[attr-defined]
 
 
+async def test_records_the_broker_refuses_for_good_end_without_stalling(
+    stack: Stack, service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A decision or a dead letter the broker will never take (larger than its topic
+    accepts) is not retried forever: a refused decision turns the event into a
+    `decision_refused` rejection (dead-lettered), a refused dead letter leaves the
+    rejection to go out alone; the partition moves on and the committed offset passes."""
+    from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+    settings = stack.settings
+    assert service.consumer is not None and service.consumer._producer is not None
+    producer = service.consumer._producer
+    send = producer.send
+    timeouts = {"left": 2}
+
+    async def refusing_send(topic: str, value: bytes | None = None, key: bytes | None = None, **kw: object):
+        if topic == settings.kafka_decisions_topic and key == b"refuse/too-big" and value is not None:
+            if decode_decision(value, kw.get("headers")).verdict != "rejected":  # type: ignore[arg-type]
+                raise MessageSizeTooLargeError("the decision is larger than the topic accepts")
+        if topic == settings.kafka_dlq_topic:
+            if timeouts["left"]:  # transient, although KafkaTimeoutError.retriable is False: retried
+                timeouts["left"] -= 1
+                raise KafkaTimeoutError()
+            raise MessageSizeTooLargeError("the dead letter is larger than the topic accepts")
+        return await send(topic, value=value, key=key, **kw)
+
+    monkeypatch.setattr(producer, "send", refusing_send)
+    events = [
+        upload("refuse", "too-big", encode(distinct_image(6400))),
+        upload("refuse", "undecodable", b"not an image at all"),
+        upload("refuse", "after", encode(distinct_image(6401))),
+    ]
+    with caplog.at_level(logging.WARNING, logger="imgdedup.consumer"):
+        async with TopicReader(settings, settings.kafka_decisions_topic) as reader:
+            offsets = await publish_to_partition(settings, 0, events)
+            records = await reader.read_until(lambda r: len(r) >= len(events))
+        await committed_reaches(settings, TopicPartition(settings.kafka_input_topic, 0), offsets[-1] + 1)
+    by_id = {d.image_id: d for d in decisions_of(records)}
+    assert (by_id["too-big"].verdict, by_id["too-big"].error.code) == ("rejected", "decision_refused")
+    assert (by_id["undecodable"].verdict, by_id["undecodable"].error.code) == ("rejected", "undecodable_image")
+    assert by_id["after"].verdict == "accepted"
+    assert timeouts["left"] == 0
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage() and r.levelno == logging.ERROR]
+    assert len(refused) == 3  # the decision, then both dead letters
+    text = service.metrics.render().decode()
+    assert 'imgdedup_produce_refused_total{record="decision"} 1.0' in text
+    assert 'imgdedup_produce_refused_total{record="dead_letter"} 2.0' in text
+
+
 async def publish_to_partition(settings: Settings, partition: int, events: list) -> list[int]:
     """Send records in order to one partition; their offsets."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False)

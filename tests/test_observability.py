@@ -413,6 +413,8 @@ async def test_kafka_pipeline_metrics_and_event_logs(broker: str, capture_logs, 
     assert value(samples, "imgdedup_rejections_total", source="kafka", code="undecodable_image") == 1
     assert value(samples, "imgdedup_decision_seconds_count", source="kafka") == 2
     assert value(samples, "imgdedup_in_flight", source="kafka") == 0
+    # lag has series for owned partitions only; this says how many a replica owns
+    assert value(samples, "imgdedup_consumer_assigned_partitions") == partitions
 
     records = log_lines(stream)
     decided = [r for r in records if r["msg"] == "decided"]

@@ -16,6 +16,10 @@ from typing import Any, ClassVar
 INTERNAL_ERROR = "internal_error"
 #: A request that is not valid HTTP (the server's parser refused it before any handler).
 MALFORMED_REQUEST = "malformed_request"
+#: Over Kafka only: the broker refused the event's decision for good (larger than the
+#: decisions topic accepts, typically from large attributes). The event is rejected with
+#: this code, its attributes left out of the rejection, and dead-lettered.
+DECISION_REFUSED = "decision_refused"
 
 
 class InputError(Exception):

@@ -29,6 +29,16 @@ class Metrics:
         self.dead_letters = Counter(
             "imgdedup_dead_letters_total", "Raw events written to the dead-letter topic.", registry=r
         )
+        self.produce_refused = Counter(
+            "imgdedup_produce_refused_total",
+            "Records the broker refused for good (too large, invalid or forbidden topic), by what they "
+            "were: a decision or a dead letter.", ["record"], registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "imgdedup_consumer_assigned_partitions",
+            "Input partitions this consumer owns now (summed over replicas: fewer than the topic has means "
+            "some are unowned, and nobody exports their imgdedup_consumer_lag).", registry=r,
+        )
         self.transient_errors = Counter(
             "imgdedup_transient_errors_total",
             "Failures of Redis/Kafka/contention that were retried, by component.", ["component"], registry=r,

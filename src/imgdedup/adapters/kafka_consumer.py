@@ -14,7 +14,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 from aiokafka.structs import ConsumerRecord
 
 from imgdedup.adapters.events import (
@@ -32,7 +42,7 @@ from imgdedup.adapters.kafka_clients import connection_options
 from imgdedup.adapters.url_fetch import UrlFetcher
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
-from imgdedup.errors import INTERNAL_ERROR, IndexUnavailable, InputError, TransientError
+from imgdedup.errors import DECISION_REFUSED, INTERNAL_ERROR, IndexUnavailable, InputError, TransientError
 from imgdedup.metrics import Metrics
 
 log = logging.getLogger("imgdedup.consumer")
@@ -45,6 +55,29 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+
+#: Produce errors that sending the same record again cannot cure: it is larger than the
+#: broker or the topic accepts, the topic name is invalid, or this client may not write
+#: there. Named one by one rather than read from `retriable`, which is False for
+#: transient errors too (KafkaTimeoutError, a broker that is away).
+PERMANENT_PRODUCE_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+    CorruptRecordException,
+)
+
+
+class ProduceRefused(Exception):
+    """The broker refused a record for good (PERMANENT_PRODUCE_ERRORS): not retried."""
+
+    def __init__(self, topic: str, cause: BaseException) -> None:
+        super().__init__(f"{topic}: {cause!r}")
+        self.topic = topic
 
 
 async def _quietly(what: str, closing: Awaitable[None]) -> None:
@@ -277,6 +310,14 @@ class UploadConsumer:
             raise
         except InputError as exc:
             code, detail = exc.code, exc.detail
+        except ProduceRefused as exc:
+            self._metrics.produce_refused.labels("decision").inc()
+            log.error("the broker refused the decision for good; the event is rejected as %s", DECISION_REFUSED,
+                      extra={**_position(record), **_identity(event), "error": str(exc)})
+            assert event is not None  # only a decided event has a decision to send
+            await self._reject(record, as_json, event.event_id, event.namespace, event.image_id, DECISION_REFUSED,
+                               "the broker refused the decision (too large?)", {})
+            return
         except Exception:
             log.exception(
                 "unexpected error; the event is rejected as %s", INTERNAL_ERROR,
@@ -342,13 +383,23 @@ class UploadConsumer:
             ("imgdedup-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
         # Dead-letter first: if we crash between the two sends, the record is
-        # redelivered and both are produced again; never a decision without its DLQ copy.
-        await self._send_raw(self._settings.kafka_dlq_topic, record.key, record.value, dlq_headers)
+        # redelivered and both are produced again; never a decision without its DLQ copy,
+        # unless the broker refuses the copy for good (larger than the DLQ topic accepts):
+        # then the rejection goes out alone and the log says where the record was.
+        dead_lettered = True
+        try:
+            await self._send_raw(self._settings.kafka_dlq_topic, record.key, record.value, dlq_headers)
+        except ProduceRefused as exc:
+            dead_lettered = False
+            self._metrics.produce_refused.labels("dead_letter").inc()
+            log.error("the broker refused the dead letter for good; only the rejection is produced",
+                      extra={**_position(record), "event_id": event_id, "error": str(exc)})
         key = f"{namespace}/{image_id}".encode() if namespace or image_id else record.key
         await self._send(self._settings.kafka_decisions_topic, key, encode_decision(message, as_json=as_json), as_json)
         self._metrics.decisions.labels("kafka", "rejected").inc()
         self._metrics.rejections.labels("kafka", code).inc()
-        self._metrics.dead_letters.inc()
+        if dead_lettered:
+            self._metrics.dead_letters.inc()
         log.warning(
             "rejected",
             extra={"event_id": event_id, "namespace": namespace, "image_id": image_id, "error_code": code, "detail": detail},
@@ -366,8 +417,11 @@ class UploadConsumer:
         producer = self._producer
 
         async def send_and_wait() -> None:
-            delivery = await producer.send(topic, value=value, key=key, headers=headers)
-            await delivery
+            try:
+                delivery = await producer.send(topic, value=value, key=key, headers=headers)
+                await delivery
+            except PERMANENT_PRODUCE_ERRORS as exc:
+                raise ProduceRefused(topic, exc) from exc
 
         await self._retrying(send_and_wait, "kafka")
 
@@ -425,6 +479,7 @@ class UploadConsumer:
         if consumer is None:
             return
         committable = self._tracker.committable()
+        self._metrics.assigned_partitions.set(len(consumer.assignment()))
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             if highwater is None:
