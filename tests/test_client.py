@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,11 +51,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    """`imgdedup serve`, in-memory index: (base URL, key name -> token)."""
-    keys = tmp_path_factory.mktemp("keys") / "api-keys.json"
-    tokens = write_keys_file(keys, ADMIN, ("checker", ["shop"], ["check"]))
+def start_service(keys: Path, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`imgdedup serve` with the keys file and IMGDEDUP_<NAME> settings: (process, URL)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGDEDUP_")}
     env.update({
@@ -62,6 +60,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
         "IMGDEDUP_HASH_WORKERS": "1", "IMGDEDUP_MAX_IMAGE_BYTES": str(MAX_BYTES),
         "IMGDEDUP_LOG_LEVEL": "WARNING",
     })
+    env.update({f"IMGDEDUP_{k.upper()}": v for k, v in settings.items()})
     process = subprocess.Popen([sys.executable, "-m", "imgdedup", "serve"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -69,16 +68,36 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
     while True:
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
+                return process, base
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"service did not start: {process.communicate()[1].decode()[-2000:]}")
         time.sleep(0.1)
-    yield base, tokens
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
-    process.wait(timeout=30)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    keys = tmp_path_factory.mktemp("keys") / "api-keys.json"
+    return keys, write_keys_file(keys, ADMIN, ("checker", ["shop"], ["check"]))
+
+
+@pytest.fixture(scope="module")
+def service(keys_file: tuple[Path, dict[str, str]]) -> Iterator[tuple[str, dict[str, str]]]:
+    """`imgdedup serve`, in-memory index: (base URL, key name -> token)."""
+    process, base = start_service(keys_file[0])
+    yield base, keys_file[1]
+    stop(process)
 
 
 class Proxy:
@@ -252,6 +271,52 @@ def test_503_is_retried_after_the_retry_after_it_asks_for(service: tuple[str, di
     assert decision.verdict == "accepted" and not decision.replayed
     assert len(proxy.seen) == 2 and len(waits) == 1
     assert 1.0 <= waits[0] <= 2.0
+
+
+@pytest.mark.integration
+def test_503_while_redis_is_down_is_retried_until_it_is_back(
+    keys_file: tuple[Path, dict[str, str]], private_redis: Any
+) -> None:
+    """The real outage: the service's Redis stops, the service answers 503 `unavailable`
+    with Retry-After, and the client's wait (during which Redis comes back) is followed
+    by a retry that succeeds."""
+    redis, url = private_redis()
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    process, base = start_service(keys_file[0], redis_url=url, redis_prefix=f"client-{uuid.uuid4().hex[:8]}")
+    restarted: list[subprocess.Popen[bytes]] = []
+    try:
+        waits = Waits()
+
+        def restart_redis_then_wait(seconds: float) -> None:
+            waits.append(seconds)
+            if not restarted:
+                restarted.append(subprocess.Popen(
+                    [shutil.which("redis-server") or "redis-server", "--save", "", "--appendonly", "no",
+                     "--port", port, "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL))
+                deadline = time.monotonic() + 10
+                while not _answers(int(port)) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+        with Client(base, keys_file[1][ADMIN[0]], retry=FAST, sleep=restart_redis_then_wait) as client:
+            assert client.register("outage", "a", sample_bytes("camera")).verdict == "accepted"
+            redis.terminate()
+            redis.wait(timeout=10)
+            decision = client.register("outage", "b", sample_bytes("rocket"))
+        assert decision.verdict == "accepted"
+        assert restarted and waits and waits[0] >= 1.0  # the service's Retry-After, at least 1 s
+    finally:
+        stop(process)
+        for extra in restarted:
+            stop(extra)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def test_backoff_grows_with_jitter_and_gives_up_with_the_last_error(
