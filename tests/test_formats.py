@@ -300,3 +300,13 @@ def test_scan_clusters_heic_and_jxl_with_their_jpeg_copies(tmp_path: Path) -> No
     assert where["coffee.jxl"] == where["coffee.jpg"]
     assert where["coffee.jxl"] != where["IMG_0001.HEIC"] and "rocket.heif" not in where
     assert not result.report.get("unreadable")
+
+
+def test_hashing_benchmark_covers_the_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    from imgdedup_devtools.bench import hashing
+
+    line = hashing.run(count=1, min_seconds=0.01, formats=("HEIF", "JXL"))
+    results = line["results"]
+    assert isinstance(results, dict) and set(results) == {"1280x960 HEIF", "1280x960 JXL"}
+    assert "breakdown_1280x960_jpeg_ms" not in line
+    assert "1280x960 HEIF" in capsys.readouterr().out
