@@ -310,3 +310,18 @@ def test_hashing_benchmark_covers_the_formats(capsys: pytest.CaptureFixture[str]
     assert isinstance(results, dict) and set(results) == {"1280x960 HEIF", "1280x960 JXL"}
     assert "breakdown_1280x960_jpeg_ms" not in line
     assert "1280x960 HEIF" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_scan_thumbnails_are_upright_and_guarded(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgdedup.scan.worker import make_thumbnail
+
+    upright = sample_image("rocket")  # 640x427
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = made(upright.transpose(Image.Transpose.ROTATE_90), fmt, exif=exif.tobytes())
+    with Image.open(io.BytesIO(make_thumbnail(data, 128, LIMITS.max_pixels))) as thumb:
+        assert thumb.size == (128, 85)
+    refuse_pixel_decoding(monkeypatch)
+    with pytest.raises((DecompressionBomb, ValueError)):
+        make_thumbnail(data, 128, 640 * 427 - 1)
