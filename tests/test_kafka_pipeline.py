@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import logging
 import os
 import random
@@ -26,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from auth_helpers import write_keys_file
 from imagegen import distinct_image, encode, poison_tiff, variants
 from imgdedup_devtools.broker import TansuBroker
+from PIL import Image
 
 from imgdedup._gen.imgdedup.v1 import events_pb2
 from imgdedup.adapters.events import UploadEvent, decode_decision, encode_upload
@@ -218,6 +220,34 @@ async def test_redelivered_event_replays_stored_decision(stack: Stack, service: 
     assert (first.verdict, first.replayed) == ("accepted", False)
     assert (second.verdict, second.replayed) == ("accepted", True)
     assert second.event_id == "evt-1"
+
+
+async def test_heic_and_jpeg_xl_uploads_are_decided(stack: Stack, service: Service) -> None:
+    """HEIF and JPEG XL events, made by their encoders, are hashed by the service's worker
+    processes: each is accepted, its JPEG copy is its duplicate, and an oversized one is
+    rejected with the HTTP error code."""
+    heic = encode(distinct_image(301, (480, 360)), "HEIF", quality=80)
+    jxl = encode(distinct_image(302, (480, 360)), "JXL", quality=85)
+    copies = [
+        upload("formats", name + "-copy", encode(Image.open(io.BytesIO(data)).convert("RGB"), "JPEG", quality=85))
+        for name, data in (("heic", heic), ("jxl", jxl))
+    ]
+    # A bare JPEG XL codestream whose SizeHeader claims 2^30 x 2^30 pixels (bits least
+    # significant first: not small, 30-bit height, ratio 0, 30-bit width), then nothing.
+    side = (1 << 30) - 1
+    header = (0 | 3 << 1 | side << 3 | 0 << 33 | 3 << 36 | side << 38).to_bytes(9, "little")
+    bomb = upload("formats", "bomb", b"\xff\x0a" + header + bytes(32))
+    originals = [upload("formats", "heic", heic), upload("formats", "jxl", jxl), bomb]
+    async with TopicReader(stack.settings, stack.settings.kafka_decisions_topic) as reader:
+        await publish(stack.settings, originals)
+        await reader.read_until(lambda r: len(r) >= 3)
+        await publish(stack.settings, copies)
+        records = await reader.read_until(lambda r: len(r) >= 5)
+    by_id = {d.image_id: d for d in decisions_of(records)}
+    assert (by_id["bomb"].verdict, by_id["bomb"].error.code) == ("rejected", "decompression_bomb")
+    assert by_id["heic"].verdict == by_id["jxl"].verdict == "accepted"
+    for name in ("heic", "jxl"):
+        assert (by_id[f"{name}-copy"].verdict, by_id[f"{name}-copy"].duplicate_of) == ("duplicate", name)
 
 
 async def test_url_source_fetched_and_private_addresses_refused(stack: Stack, kafka_bootstrap: str) -> None:

@@ -10,14 +10,36 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+import pillow_heif
 from PIL import Image, UnidentifiedImageError
+from pillow_jxl import JpegXLImagePlugin
 
 from imgdedup.errors import DecompressionBomb, UndecodableImage, UnsupportedImageType
+from imgdedup.fingerprint.jxl_header import JxlHeader, JxlHeaderError, is_jxl, read_jxl_header
 from imgdedup.fingerprint.trim import trim_size
 
 #: Formats we decode. Others that Pillow could open (EPS via Ghostscript, PSD, ICO, ...)
-#: are refused: they are not upload formats and widen the attack surface.
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF"})
+#: are refused: they are not upload formats and widen the attack surface. HEIF (HEIC
+#: photos) and JXL (JPEG XL) come from the pillow-heif and pillow-jxl-plugin plugins.
+SUPPORTED_FORMATS = frozenset(
+    {"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF", "JXL"}
+)
+
+
+def _register_plugins() -> None:
+    """Register the HEIF and JPEG XL openers, once, at import (hashing workers import
+    this module too). Pillow's own plugins are loaded first, so they keep precedence
+    for every format they know (AVIF stays Pillow's). Both decoders run single-threaded:
+    hashing already runs one worker process per core. Embedded HEIF thumbnails, depth
+    and auxiliary images are never read: only the primary image is hashed."""
+    Image.init()
+    pillow_heif.register_heif_opener(
+        thumbnails=False, depth_images=False, aux_images=False, decode_threads=1
+    )
+    JpegXLImagePlugin.DECODE_THREADS = 0  # 0: decode in the calling thread
+
+
+_register_plugins()
 
 #: What Pillow raises on a corrupt file that says what is wrong with it: quoted in the detail.
 DESCRIBED_DECODER_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, SyntaxError, EOFError)
@@ -63,6 +85,7 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
 
     The size returned is the original's, after EXIF rotation.
     """
+    jxl = check_header_limits(data, max_pixels)
     try:
         with warnings.catch_warnings():
             # Pillow warns above its own global limit; our limit is the one that counts.
@@ -104,7 +127,8 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
             stored_as_rgb = image.info.get("adobe_transform") == 0
             mode = "YCbCr" if image.mode in ("RGB", "YCbCr") and not stored_as_rgb else image.mode
             image.draft(mode, (DRAFT_MIN_SIDE, DRAFT_MIN_SIDE))
-        image.seek(0)  # first frame of animations / multi-page files
+        if fmt != "HEIF":  # a HEIF file opens at its primary image, the one to hash
+            image.seek(0)  # first frame of animations / multi-page files
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
@@ -117,7 +141,7 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
     except Exception:  # see _UNDESCRIBED_FAILURE
         raise UndecodableImage(f"image data is corrupt: {_UNDESCRIBED_FAILURE}") from None
     try:  # our normalisation of the decoded pixels
-        orientation = exif_orientation(image)
+        orientation = orientation_to_apply(image, jxl)
         if orientation in ORIENTATION_TRANSPOSE:
             image = image.transpose(ORIENTATION_TRANSPOSE[orientation])
             if orientation in (5, 6, 7, 8):
@@ -127,6 +151,38 @@ def decode_for_hashing(data: bytes, max_pixels: int) -> tuple[Picture, str, tupl
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UndecodableImage(f"image data is corrupt or truncated: {exc}") from None
     return Picture(gray, colour), fmt, (width, height)
+
+
+def check_header_limits(data: bytes, max_pixels: int) -> JxlHeader | None:
+    """The pixel limit for formats whose decoder decodes every pixel when the file is
+    opened (JPEG XL), checked from the header before that. Returns the JPEG XL header,
+    or None for other formats (Pillow reads their size without decoding)."""
+    if not is_jxl(data):
+        return None
+    try:
+        header = read_jxl_header(data)
+    except JxlHeaderError as exc:
+        raise UndecodableImage(f"corrupt image header: {exc}") from None
+    if header.width * header.height > max_pixels:
+        raise DecompressionBomb(
+            f"image canvas is {header.width}x{header.height} = {header.width * header.height} "
+            f"pixels; the limit is {max_pixels}"
+        )
+    return header
+
+
+def orientation_to_apply(image: Image.Image, jxl: JxlHeader | None) -> int:
+    """The EXIF orientation still to apply to a decoded image.
+
+    HEIF: none is left; libheif applies the container's rotation and mirroring, which
+    the format says win over EXIF, and pillow-heif resets the EXIF tag to 1. JPEG XL:
+    the decoder applies the codestream's orientation; EXIF counts only when that is the
+    identity (libjxl's encoders move the EXIF orientation into the codestream and reset
+    the tag, so both never apply), and fully for a JPEG recompressed losslessly, which
+    decodes back to the original JPEG, EXIF block and unrotated pixels included."""
+    if jxl is not None and jxl.orientation != 1 and not getattr(image, "jpeg", False):
+        return 1
+    return exif_orientation(image)
 
 
 #: EXIF Orientation value -> the transpose that makes the image upright (as in

@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-#: File name extensions tried by default in folders and S3 prefixes. Objects with no
-#: extension are tried too (common for content-addressed S3 keys); anything else is
-#: listed as skipped. Formats the service does not decode (HEIC, JPEG XL, SVG, ...) are
-#: tried on purpose: an audit should say that they exist and cannot be deduplicated.
+#: File name extensions tried by default in folders and S3 prefixes: the formats the
+#: service decodes (HEIC/HEIF and JPEG XL included), matched case-insensitively. Objects
+#: with no extension are tried too (common for content-addressed S3 keys); anything else
+#: is listed as skipped. Formats the service does not decode (ICO, SVG) are tried on
+#: purpose: an audit should say that they exist and cannot be deduplicated.
 IMAGE_EXTENSIONS = frozenset(
     {
         "jpg", "jpeg", "jpe", "jfif", "pjpeg", "pjp", "png", "apng", "gif", "webp", "bmp", "dib",
-        "tif", "tiff", "avif", "heic", "heif", "jxl", "mpo", "ico", "svg",
+        "tif", "tiff", "avif", "heic", "heics", "heif", "heifs", "hif", "jxl", "mpo", "ico", "svg",
     }
 )
 

@@ -13,10 +13,11 @@ import time
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from imgdedup.errors import InputError
 from imgdedup.fingerprint import Fingerprint, ImageLimits, fingerprint
+from imgdedup.fingerprint.decode import ORIENTATION_TRANSPOSE, check_header_limits, orientation_to_apply
 from imgdedup.process_pool import prepare_worker
 from imgdedup.scan.checkpoint import encode_fingerprint
 from imgdedup.scan.sources import ReadError, SourceSpec, read_item
@@ -113,6 +114,7 @@ def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
 
     JPEGs are decoded with DCT scaling to the smallest scale at least `size` wide, so a
     thumbnail costs about what hashing does."""
+    jxl = check_header_limits(data, max_pixels)  # JPEG XL decodes at open
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         image: Image.Image = Image.open(io.BytesIO(data))
@@ -120,12 +122,12 @@ def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
             raise ValueError("canvas too large")
         if image.format in ("JPEG", "MPO"):
             image.draft(image.mode, (size, size))
-        image.seek(0)
+        if image.format != "HEIF":  # HEIF opens at its primary image
+            image.seek(0)
         image.load()
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:
-        pass  # a broken EXIF block only costs the rotation
+    orientation = orientation_to_apply(image, jxl)  # as hashing turns it upright
+    if orientation in ORIENTATION_TRANSPOSE:
+        image = image.transpose(ORIENTATION_TRANSPOSE[orientation])
     transparent = image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info
     if transparent:
         image = image.convert("RGBA")

@@ -37,7 +37,10 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
 
 
 #: Save options of `encoded`, per format.
-TYPICAL_OPTIONS: dict[str, dict[str, object]] = {"JPEG": {"quality": 85}, "WEBP": {"quality": 80}, "PNG": {}}
+TYPICAL_OPTIONS: dict[str, dict[str, object]] = {
+    "JPEG": {"quality": 85}, "WEBP": {"quality": 80}, "PNG": {},
+    "AVIF": {"quality": 70}, "HEIF": {"quality": 80}, "JXL": {"quality": 85},
+}
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:
