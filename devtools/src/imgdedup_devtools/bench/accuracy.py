@@ -8,6 +8,12 @@ were never registered. The baselines (ImageHash pHash and dHash at distance <= 1
 same bytes. A baseline "finds" a variant when its original is within the threshold (a
 generous reading); ours must answer `duplicate` naming that original. Each of `--seeds`
 draws its own originals and negatives; one document reports every draw.
+
+`--holdout-corpus` measures a second corpus (devtools/corpus/build-holdout-corpus, never
+tuned on) the same way in the same run. Per corpus it also counts what users feel
+(`user_measures`: distinct images blocked or sent to review, originals refused at
+registration) and runs `imgdedup scan` on distinct pictures with planted copies
+(`scan_accuracy`). The document opens with issue 12's targets against the figures.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import random
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,14 +51,19 @@ from imgdedup_devtools.bench.accuracy_report import (
     BASELINES,
     MATCHING_A_PARTNER,
     ROTATION_MODE,
+    CorpusResult,
     Draw,
     FalsePositive,
     RunInfo,
     Tally,
+    kept_by_hand,
     markdown,
     print_draw,
+    print_scan,
 )
 from imgdedup_devtools.bench.lookalikes import counted_apart, pixel_thumbnail, same_pixels
+from imgdedup_devtools.bench.scan_accuracy import measure_scan
+from imgdedup_devtools.bench.user_measures import DistinctCounter, Refusals, baseline_refusals, hamming
 from imgdedup_devtools.bench.variants import NEGATIVE_TRANSFORMS, VARIANTS, save
 
 NAMESPACE = "accuracy"
@@ -139,14 +151,18 @@ def _prepare(job: tuple[str, str]) -> Prepared:
 
 
 # --- selection ---------------------------------------------------------------------------
-def select_files(corpus: Path, originals: int, negatives: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """Disjoint, deterministic samples: photos and product-like cut-outs in both sets."""
-    def images(folder: str) -> list[Path]:
-        base = corpus / folder
-        return sorted(p for p in base.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if base.is_dir() else []
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
 
+
+def select_files(corpus: Path, originals: int, negatives: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """Disjoint, deterministic samples. The tuning corpus (`photos/`, `objects/`): photos
+    and product-like cut-outs in both sets, as the thresholds were tuned. Any other corpus
+    (one folder per genre): every genre in equal turns, each split between the sets."""
+    if not (corpus / "objects").is_dir():
+        return select_by_genre(corpus, originals, negatives, seed)
     rng = random.Random(seed)
-    photos, objects = images("photos"), images("objects")
+    photos, objects = _images(corpus / "photos"), _images(corpus / "objects")
     rng.shuffle(photos)
     rng.shuffle(objects)
     if not photos:
@@ -157,6 +173,35 @@ def select_files(corpus: Path, originals: int, negatives: int, seed: int) -> tup
     n_obj_neg = negatives - n_photo_neg
     chosen_originals = photos[:n_photo_orig] + objects[:n_obj_orig]
     chosen_negatives = photos[n_photo_orig : n_photo_orig + n_photo_neg] + objects[n_obj_orig : n_obj_orig + n_obj_neg]
+    return chosen_originals, chosen_negatives
+
+
+def select_by_genre(corpus: Path, originals: int, negatives: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """Round-robin over the genre folders (each shuffled by `seed`) until both sets are
+    full; each pick goes to the set that is further behind its size. File names must be
+    unique across the corpus: they are the image ids."""
+    rng = random.Random(seed)
+    genres = []
+    for folder in sorted(p for p in corpus.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = _images(folder)
+        rng.shuffle(files)
+        if files:
+            genres.append(files)
+    if not genres:
+        raise SystemExit(f"no pictures in the genre folders of {corpus}")
+    interleaved = [files[i] for i in range(max(map(len, genres))) for files in genres if i < len(files)]
+    if len({p.name for p in interleaved}) != len(interleaved):
+        raise SystemExit(f"file names repeat across the folders of {corpus}: they must be unique")
+    chosen_originals: list[Path] = []
+    chosen_negatives: list[Path] = []
+    for path in interleaved:
+        if len(chosen_originals) >= originals and len(chosen_negatives) >= negatives:
+            break
+        behind = len(chosen_originals) * max(negatives, 1) <= len(chosen_negatives) * max(originals, 1)
+        if len(chosen_originals) < originals and (behind or len(chosen_negatives) >= negatives):
+            chosen_originals.append(path)
+        else:
+            chosen_negatives.append(path)
     return chosen_originals, chosen_negatives
 
 
@@ -185,6 +230,10 @@ class BaselineIndex:
         self._dh = np.array(self.dh, dtype=np.uint64)
         self._pdq = np.array(self.pdq, dtype=np.uint64).reshape(-1, 4)
 
+    def codes(self) -> dict[str, np.ndarray]:
+        """Each baseline's codes, one row per original in registration order."""
+        return {"pHash<=10": self._ph, "dHash<=10": self._dh, "PDQ<=31": self._pdq}
+
     def within(self, hashes: BaselineHashes) -> dict[str, set[str]]:
         ph = np.bitwise_count(self._ph ^ np.uint64(hashes[0]))
         dh = np.bitwise_count(self._dh ^ np.uint64(hashes[1]))
@@ -202,15 +251,29 @@ class Registered:
     #: image id -> the name a match with it carries: itself, or the kept original it was
     #: judged a duplicate of
     canonical: dict[str, str] = field(default_factory=dict)
-    judged_duplicate: list[tuple[str, str]] = field(default_factory=list)
+    refusals: Refusals = field(default_factory=Refusals)
     kept_codes: list[int] = field(default_factory=list)
     kept_record_bytes: list[int] = field(default_factory=list)
     baseline: BaselineIndex = field(default_factory=BaselineIndex)
 
 
+def _partner_test(entries: list[Prepared]) -> Callable[[str, str], bool]:
+    """Are two of these corpus files partners: the same pixels (`same_pixels`), the same
+    picture or two star polygons (`counted_apart`)?"""
+    pixels = {entry.name: entry.pixels for entry in entries if entry.pixels is not None}
+
+    def is_partner(a: str, b: str) -> bool:
+        if counted_apart(a, b):
+            return True
+        pa, pb = pixels.get(a), pixels.get(b)
+        return pa is not None and pb is not None and bool(same_pixels(pa, pb[None])[0])
+    return is_partner
+
+
 async def _register_originals(dedup: Deduplicator, originals: list[Prepared]) -> Registered:
     """Sequentially: registration order is part of the contract."""
     out = Registered()
+    is_partner = _partner_test(originals)
     for entry in originals:
         try:
             registration = await dedup.register(NAMESPACE, entry.name, entry.raw)
@@ -224,11 +287,17 @@ async def _register_originals(dedup: Deduplicator, originals: list[Prepared]) ->
             out.kept_record_bytes.append(len(record.to_json()))
         duplicate = record.verdict == Verdict.DUPLICATE
         out.canonical[entry.name] = record.duplicate_of if duplicate and record.duplicate_of else entry.name
+        pair = (entry.name, str(record.duplicate_of))
         if duplicate:
-            out.judged_duplicate.append((entry.name, str(record.duplicate_of)))
+            (out.refusals.ours_partner if is_partner(*pair) else out.refusals.ours).append(pair)
+        elif record.verdict == Verdict.REVIEW:
+            out.refusals.ours_review.append(pair)
         assert entry.hashes is not None  # every readable original has them
         out.baseline.add(entry.name, entry.hashes)
     out.baseline.freeze()
+    out.refusals.originals = len(out.canonical)
+    out.refusals.baselines, out.refusals.baselines_all = baseline_refusals(
+        out.baseline.ids, out.baseline.codes(), BASELINES, hamming, is_partner)
     return out
 
 
@@ -258,6 +327,7 @@ class Scorer:
         self.families: dict[str, Tally] = defaultdict(Tally)
         self.variants: dict[str, Tally] = defaultdict(Tally)
         self.false_positives: list[FalsePositive] = []
+        self.distinct = DistinctCounter(BASELINES)
 
     def score(self, entry: Prepared, family: str, name: str, result: CheckResult | None,
               found: dict[str, set[str]]) -> None:
@@ -279,6 +349,8 @@ class Scorer:
             partners |= self.pixel_partners.get(entry.name, set())
             for tally in rows:
                 tally.add(verdict, named not in partners, [b for b, ids in found.items() if ids - partners])
+            if family == "negative":
+                self.distinct.add(entry.name, verdict, named, partners, found)
             self.families[f"{family}{ALL_COUNTED}"].add(verdict, True, [b for b, ids in found.items() if ids])
             if partners:
                 self.families[f"{family}{MATCHING_A_PARTNER}"].add(
@@ -310,6 +382,9 @@ async def _evaluate(prepared: list[Prepared], settings: Settings, workers: int, 
         originals = [p for p in prepared if p.role == "original" and p.error is None]
         registered = await _register_originals(dedup, originals)
         scorer = Scorer(registered, _pixel_partners(prepared, originals, registered))
+        for entry in prepared:
+            if entry.role == "negative" and entry.error is None:
+                scorer.distinct.add_image(entry.name)
         slots = asyncio.Semaphore(4 * workers)
 
         async def query(entry: Prepared, family: str, sample: Sample, checker: Deduplicator) -> None:
@@ -342,7 +417,10 @@ async def _evaluate(prepared: list[Prepared], settings: Settings, workers: int, 
         variants=dict(scorer.variants),
         indexed_codes_per_kept_image=round(sum(kept_codes) / max(len(kept_codes), 1), 2),
         record_json_bytes_per_kept_image=round(sum(kept_bytes) / max(len(kept_bytes), 1)),
-        originals_judged_duplicate=registered.judged_duplicate,
+        refusals=registered.refusals,
+        distinct=scorer.distinct.count(),
+        distinct_all_counted=scorer.distinct.count(all_counted=True),
+        blocked=dict(sorted(scorer.distinct.blocking.items())),
         false_positives=sorted(scorer.false_positives, key=FalsePositive.sort_key),
     )
 
@@ -363,45 +441,78 @@ def measure_draw(corpus: Path, originals: int, negatives: int, seed: int, worker
 
 
 def run(corpus: Path, originals: int, negatives: int, seeds: list[int], workers: int,
-        write_docs: Path | None) -> dict[str, object]:
+        write_docs: Path | None, *, holdout: Path | None = None, holdout_seeds: list[int] | None = None,
+        scan_images: int = 300) -> dict[str, object]:
     settings = Settings.from_env({k: v for k, v in os.environ.items() if k.startswith("IMGDEDUP_") and k != "IMGDEDUP_REDIS_URL"})
-    draws = []
-    for seed in seeds:
-        draws.append(measure_draw(corpus, originals, negatives, seed, workers, settings))
-        print_draw(draws[-1])
+    plan = [("corpus 1", corpus, "../shared/bench/build-corpus", False, seeds)]
+    if holdout is not None:
+        plan.append(("corpus 2 (held out)", holdout, "devtools/corpus/build-holdout-corpus", True,
+                     holdout_seeds or seeds[:1]))
+    corpora = []
+    for label, path, builder, held_out, draw_seeds in plan:
+        print(f"== {label}: {path}", flush=True)
+        result = CorpusResult(label, str(path), builder, held_out, [])
+        for seed in draw_seeds:
+            result.draws.append(measure_draw(path, originals, negatives, seed, workers, settings))
+            print_draw(result.draws[-1])
+        if scan_images > 0:
+            chosen, _ = select_files(path, scan_images, 0, draw_seeds[0])
+            result.scan = measure_scan(chosen, workers)
+            print_scan(label, result.scan)
+        corpora.append(result)
+    command = (f"imgdedup bench accuracy --corpus {corpus} --originals {originals} --negatives {negatives} "
+               f"--seeds {' '.join(map(str, seeds))}")
+    if holdout is not None:
+        command += f" --holdout-corpus {holdout}"
+        if holdout_seeds:
+            command += f" --holdout-seeds {' '.join(map(str, holdout_seeds))}"
+    if scan_images != SCAN_IMAGES:
+        command += f" --scan-images {scan_images}"
     info = RunInfo(
-        command=(f"imgdedup bench accuracy --corpus {corpus} --originals {originals} --negatives {negatives} "
-                 f"--seeds {' '.join(map(str, seeds))}"),
-        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        command=command, date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=f"{os.cpu_count()} cores, {platform.machine()}",
-        corpus=str(corpus), duplicate_radius=settings.duplicate_radius, review_radius=settings.review_radius,
-        workers=workers,
+        duplicate_radius=settings.duplicate_radius, review_radius=settings.review_radius, workers=workers,
     )
     if write_docs is not None:
         write_docs.parent.mkdir(parents=True, exist_ok=True)
-        write_docs.write_text(markdown(draws, info))
+        by_hand = kept_by_hand(write_docs.read_text()) if write_docs.exists() else ""
+        write_docs.write_text(markdown(corpora, info, by_hand))
         print(f"wrote {write_docs}")
     line: dict[str, object] = {
         "bench": "accuracy",
         "config": {**dataclasses.asdict(info), "crop_windows": settings.crop_windows},
-        "draws": [draw.as_dict() for draw in draws],
+        "corpora": [{"label": c.label, "path": c.path, "draws": [d.as_dict() for d in c.draws],
+                     "scan": c.scan.as_dict() if c.scan else None} for c in corpora],
     }
     print(json.dumps(line))
     return line
 
 
+#: Distinct pictures (each with one planted copy) `imgdedup scan` runs on, per corpus.
+SCAN_IMAGES = 300
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, required=True, help="folder built by ../shared/bench/build-corpus")
+    parser.add_argument("--holdout-corpus", type=Path, default=None,
+                        help="held-out corpus (devtools/corpus/build-holdout-corpus): measured the same way, "
+                             "never tuned on")
     parser.add_argument("--originals", type=int, default=300, help="distinct images registered per draw")
     parser.add_argument("--negatives", type=int, default=600, help="distinct images never registered per draw")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
                         help="one draw per seed: the first is the one the thresholds were tuned on, the rest held out")
+    parser.add_argument("--holdout-seeds", type=int, nargs="+", default=None,
+                        help="draws on the held-out corpus (default: the first of --seeds)")
+    parser.add_argument("--scan-images", type=int, default=SCAN_IMAGES,
+                        help="distinct pictures per corpus for the `imgdedup scan` measure (each gets one planted "
+                             "copy); 0 skips it")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--write-docs", type=Path, default=Path("docs/accuracy.md"),
-                        help="markdown report to (over)write; '-' to skip")
+                        help="markdown report to (over)write, keeping its hand-written part; '-' to skip")
 
 
 def main(args: argparse.Namespace) -> int:
     run(args.corpus, args.originals, args.negatives, args.seeds, args.workers,
-        None if str(args.write_docs) == "-" else args.write_docs)
+        None if str(args.write_docs) == "-" else args.write_docs, holdout=args.holdout_corpus,
+        holdout_seeds=args.holdout_seeds, scan_images=args.scan_images)
     return 0

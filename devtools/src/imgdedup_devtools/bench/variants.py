@@ -155,7 +155,10 @@ VARIANTS: list[Variant] = [
 
 NEGATIVE_TRANSFORMS: list[Variant] = [
     ("negative", "raw", IDENTITY, "JPEG", {}),
+    ("negative", "reencode-q88", IDENTITY, "JPEG", {"quality": 88}),
     ("negative", "half-q50", _resize(0.5), "JPEG", {"quality": 50}),
 ]
 
+#: Issue 12's "non-geometric" recall: the copies that keep the whole frame.
+ENCODE_RESIZE_COLOUR_FILTER = ("reencode", "resize", "colour", "filter")
 NON_GEOMETRIC = ("reencode", "resize", "colour", "filter", "overlay", "crop", "combination")
