@@ -1,7 +1,8 @@
 """Hashing on worker processes: decoding is CPU-bound and partly holds the GIL, so the
 event loop stays free for HTTP, Kafka and Redis while images are hashed on every core.
 Workers start with `spawn`: forking a process that already runs an event loop and
-client threads is a classic source of deadlocks.
+client threads is a classic source of deadlocks. The event loop talks to each worker
+over a socket of its own (`pipe_pool`), without the standard pool's helper threads.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import asyncio
 import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 
 from imgdedup.errors import InputError
 from imgdedup.fingerprint import Fingerprint, ImageLimits, fingerprint
+from imgdedup.pipe_pool import PipeExecutor
 from imgdedup.process_pool import RenewingPool, prepare_worker
 
 
@@ -69,9 +71,7 @@ class Hasher:
     def _new_executor(self, workers: int) -> Executor:
         if self._use_threads:
             return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hasher")
-        return ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
-        )
+        return PipeExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
 
     async def start(self) -> None:
         self._pool = RenewingPool(

@@ -12,7 +12,8 @@ the bytes are equal), hashes equal to a local fingerprint, redeliveries consiste
 
 Reports events/s (first produce to last decision), produce->decision latency, CPU
 seconds per replica (event-loop process and hashing workers separately), the broker's
-and Redis's CPU, and with --profile a py-spy profile of every replica summarised by
+and Redis's CPU, the CPU time of one fingerprint of the same images in this process
+(same run) and the service's CPU per event as a multiple of it, and with --profile a py-spy profile of every replica summarised by
 where the time goes. Topics (on an external broker), Redis keys and every process it
 started are removed before it exits.
 """
@@ -41,6 +42,7 @@ from imgdedup.fingerprint import HASH_ALGORITHM, code_hex
 from imgdedup_devtools.bench.common import (
     bench_prefix,
     extra_env,
+    fingerprint_cpu_ms,
     latency_summary,
     print_json_line,
     redis_cpu_seconds,
@@ -442,6 +444,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "checks": checks,
         })
         result["cpu_ms_per_event_service"] = result.pop("cpu_s_per_event_service")
+        # The yardstick, same run, same images: one fingerprint each in this process.
+        fp_ms = fingerprint_cpu_ms([u.data for u in uploads], settings)
+        result["fingerprint_cpu_ms"] = round(fp_ms, 3)
+        result["service_cpu_per_fingerprint"] = round(result["cpu_ms_per_event_service"] / fp_ms, 2)
         print_report(result)
         if args.profile:
             result["profile"] = {}
@@ -567,6 +573,8 @@ def print_report(r: dict[str, Any]) -> None:
               f"hash {rep['hash_ms_mean_incl_queue']} ms mean incl. queue, receipt -> decision "
               f"{rep['receipt_to_decision_ms_mean']} ms mean; waits {rep['pending_waits']}, restarts "
               f"{rep['restarts']}, transient errors {rep['transient_errors']}")
+    print(f"fingerprint of these images in this process (same run): {r['fingerprint_cpu_ms']} ms CPU each; service "
+          f"CPU per event / fingerprint = {r['service_cpu_per_fingerprint']}x")
     print(f"service CPU {r['cpu_ms_per_event_service']} ms per event; broker CPU {r['cpu_s_broker']} s, Redis server CPU "
           f"{r['cpu_s_redis_server']} s, this client {r['cpu_s_bench_client']} s")
     c = r["checks"]
