@@ -77,6 +77,7 @@ class LocalCluster:
                 check=True, capture_output=True, timeout=60,
             )
             self.wait_healthy()
+            self.wait_replicas_in_sync()
         except BaseException:
             self.stop()
             raise
@@ -91,7 +92,7 @@ class LocalCluster:
                 [binary, "--port", str(node.port), "--bind", HOST, "--cluster-enabled", "yes",
                  "--cluster-config-file", str(self.workdir / f"nodes-{node.port}.conf"),
                  "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
-                 "--dir", str(self.workdir), "--protected-mode", "no"],
+                 "--dir", str(self.workdir), "--protected-mode", "no", "--repl-diskless-sync-delay", "0"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -174,6 +175,16 @@ class LocalCluster:
         assert node.process is not None
         os.kill(node.process.pid, signal.SIGKILL)
         node.process.wait(timeout=10)
+
+    def wait_failover(self, dead_port: int, timeout: float = 30.0) -> None:
+        """Until the live nodes agree that the master on `dead_port` failed and its
+        replicas took over all its slots, and the cluster is ok again."""
+
+        def taken_over() -> bool:
+            masters, slots = self.topology()
+            return len(slots) == 16384 and all(node.port != dead_port for node in masters.values()) and self.healthy()
+
+        _wait(taken_over, f"a replica to take over from the master on port {dead_port}", timeout)
 
     def restart(self, port: int) -> None:
         """Start the node on `port` again with its nodes.conf: it rejoins (as a replica of
