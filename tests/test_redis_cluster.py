@@ -250,6 +250,9 @@ async def test_failover_and_resharding_under_traffic_lose_nothing(
         timeline["kill_at_decided"] = len(decided)
         timeline["kill"] = time.monotonic()
         await asyncio.to_thread(cluster.kill, victim)
+        with pytest.raises(IndexUnavailable):  # /readyz: a master is gone
+            await chaos_replicas[0].ping()
+        timeline["unready_after_s"] = time.monotonic() - started
         await asyncio.to_thread(cluster.wait_failover, victim)  # its replica took over the slots
         timeline["promoted_after_s"] = time.monotonic() - started
         timeline["promoted"] = time.monotonic()
