@@ -1,4 +1,5 @@
-"""Fixtures: a Redis to test against (started on demand), and both index backends."""
+"""Fixtures: a Redis to test against (started on demand), a local Redis Cluster (started
+on first use), and both index backends."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -17,6 +21,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from helpers import StartClient
+from redis.asyncio.cluster import RedisCluster
+from redis_cluster import LocalCluster, namespace_on
 
 from imgdedup.index.memory import MemoryIndex
 from imgdedup.index.redis.index import RedisMihIndex
@@ -24,6 +30,8 @@ from imgdedup.index.redis.keys import delete_prefix
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TEST_SUBSTRINGS = 4
+#: The shared test cluster's first port (3 masters + 3 replicas: 7001-7006).
+CLUSTER_PORT = 7001
 
 
 def _redis_answers(url: str, timeout: float = 1.0) -> bool:
@@ -109,6 +117,61 @@ def private_redis() -> Iterator[Callable[..., tuple[subprocess.Popen, str]]]:
             process.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real local Redis Cluster, 3 masters with a replica each, for the whole session
+    (started on first use: a few seconds)."""
+    cluster = LocalCluster(CLUSTER_PORT).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class RedisTarget:
+    """What the Redis fixtures connect to: one server, or a cluster through a seed node."""
+
+    url: str
+    cluster: LocalCluster | None = None
+
+    def connect(self, **options: Any) -> aioredis.Redis | RedisCluster:
+        if self.cluster is not None:
+            return RedisCluster.from_url(self.url, **options)
+        return aioredis.Redis.from_url(self.url, **options)
+
+
+@pytest.fixture
+def redis_topology() -> str:
+    """"single" (one server) or "cluster" (the local Redis Cluster). Test modules
+    parametrise it (`pytest_generate_tests`) to run their Redis tests on both."""
+    return "single"
+
+
+@pytest.fixture
+def redis_target(request: pytest.FixtureRequest, redis_topology: str) -> RedisTarget:
+    if redis_topology == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return RedisTarget(cluster.url, cluster)
+    return RedisTarget(request.getfixturevalue("redis_url"))
+
+
+_next_master = count()
+
+
+def spread_namespace(request: pytest.FixtureRequest, base: str) -> str:
+    """`base` on one server; on the cluster a name on the next master in turn, so a suite's
+    tests spread their namespaces over every master."""
+    params = getattr(request.node, "callspec", None)
+    params = params.params if params else {}
+    if params.get("redis_topology") != "cluster" and params.get("index") not in ("cluster", "cluster_mirror"):
+        return base
+    cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+    masters, slots = cluster.topology()
+    ports = sorted({masters[node_id].port for node_id in slots.values()})
+    return namespace_on(slots, masters, ports[next(_next_master) % len(ports)], base)
+
+
 @pytest.fixture
 def redis_prefix() -> str:
     """A key prefix unique to one test, so tests never see each other's keys."""
@@ -124,9 +187,9 @@ def redis_mirror() -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _index_over(redis_url: str, prefix: str, mirror: bool) -> AsyncIterator[RedisMihIndex]:
+async def _index_over(target: RedisTarget, prefix: str, mirror: bool) -> AsyncIterator[RedisMihIndex]:
     """A Redis index with its own client; every key under `prefix` is deleted afterwards."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = target.connect()
     try:
         yield RedisMihIndex(client, prefix=prefix, substrings=TEST_SUBSTRINGS, mirror=mirror)
     finally:
@@ -137,24 +200,24 @@ async def _index_over(redis_url: str, prefix: str, mirror: bool) -> AsyncIterato
 
 
 @pytest.fixture
-async def redis_index(redis_url: str, redis_prefix: str, redis_mirror: bool) -> AsyncIterator[RedisMihIndex]:
-    async with _index_over(redis_url, redis_prefix, redis_mirror) as index:
+async def redis_index(redis_target: RedisTarget, redis_prefix: str, redis_mirror: bool) -> AsyncIterator[RedisMihIndex]:
+    async with _index_over(redis_target, redis_prefix, redis_mirror) as index:
         yield index
 
 
 @pytest.fixture
 async def redis_replicas(
-    redis_url: str, redis_prefix: str, redis_index: RedisMihIndex, redis_mirror: bool
+    redis_target: RedisTarget, redis_prefix: str, redis_index: RedisMihIndex, redis_mirror: bool
 ) -> AsyncIterator[Callable[..., Awaitable[list[RedisMihIndex]]]]:
     """Factory: n more `RedisMihIndex` instances over the same keys, each with its own
     client (connection pool) and mirror, like separate replicas of the service. Keys are
     cleaned up by `redis_index`, which shares the prefix."""
-    clients: list[aioredis.Redis] = []
+    clients: list[aioredis.Redis | RedisCluster] = []
 
     async def make(n: int, substrings: int = TEST_SUBSTRINGS, **kwargs) -> list[RedisMihIndex]:
         out = []
         for _ in range(n):
-            client = aioredis.Redis.from_url(redis_url)
+            client = redis_target.connect()
             clients.append(client)
             kwargs.setdefault("mirror", redis_mirror)
             out.append(RedisMihIndex(client, prefix=redis_prefix, substrings=substrings, **kwargs))
@@ -168,9 +231,23 @@ async def redis_replicas(
 
 
 @pytest.fixture
-async def redis_mirror_index(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisMihIndex]:
+async def redis_mirror_index(redis_target: RedisTarget, redis_prefix: str) -> AsyncIterator[RedisMihIndex]:
     """A Redis index whose namespaces get the mirror layout."""
-    async with _index_over(redis_url, redis_prefix, mirror=True) as index:
+    async with _index_over(redis_target, redis_prefix, mirror=True) as index:
+        yield index
+
+
+@pytest.fixture
+async def cluster_index(redis_cluster: LocalCluster, redis_prefix: str) -> AsyncIterator[RedisMihIndex]:
+    """A Redis index on the local Redis Cluster (bucket layout)."""
+    async with _index_over(RedisTarget(redis_cluster.url, redis_cluster), redis_prefix, mirror=False) as index:
+        yield index
+
+
+@pytest.fixture
+async def cluster_mirror_index(redis_cluster: LocalCluster, redis_prefix: str) -> AsyncIterator[RedisMihIndex]:
+    """A Redis index on the local Redis Cluster (mirror layout)."""
+    async with _index_over(RedisTarget(redis_cluster.url, redis_cluster), redis_prefix, mirror=True) as index:
         yield index
 
 
@@ -179,9 +256,10 @@ def memory_index() -> MemoryIndex:
     return MemoryIndex()
 
 
-@pytest.fixture(params=["memory", "redis", "redis_mirror"])
+@pytest.fixture(params=["memory", "redis", "redis_mirror", "cluster", "cluster_mirror"])
 def index(request: pytest.FixtureRequest):
-    """The same contract tests, run against each backend."""
+    """The same contract tests, run against each backend (both Redis layouts, on one
+    server and on the local Redis Cluster)."""
     return request.getfixturevalue(f"{request.param}_index")
 
 

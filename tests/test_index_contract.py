@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import sys
 
 import numpy as np
 import pytest
+from conftest import spread_namespace
 from helpers import POLICY, flip_bits, hamming, make_fingerprint, random_code
 
 from imgdedup.decisions.rules import CheckVerdict, Decision, Lookup, MatchKind, Verdict, check, decide
@@ -26,17 +28,26 @@ BUCKET_LAYOUT_ONLY = {"test_redis_probe_expansion_matches_brute_force_for_every_
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests that use the Redis fixtures directly run once per layout."""
+    """Tests that use the Redis fixtures directly run once per layout, on one server and
+    on the local Redis Cluster."""
     if "redis_mirror" in metafunc.fixturenames and metafunc.function.__name__ not in BUCKET_LAYOUT_ONLY:
         metafunc.parametrize("redis_mirror", [False, True], ids=["buckets", "mirror"])
+    if "redis_topology" in metafunc.fixturenames:
+        metafunc.parametrize("redis_topology", ["single", "cluster"])
+
+
+@pytest.fixture(autouse=True)
+def _namespace(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the cluster, each test's namespace lives on the next master in turn."""
+    monkeypatch.setattr(sys.modules[__name__], "NS", spread_namespace(request, "contract"))
 
 
 def always_accept(lookup: Lookup) -> Decision:
     return Decision(Verdict.ACCEPTED)
 
 
-async def register(index, image_id: str, fp: Fingerprint, ns: str = NS, **kw) -> Registration:
-    return await index.register(ns, image_id, fp, kw.pop("decide", decide_real),
+async def register(index, image_id: str, fp: Fingerprint, ns: str | None = None, **kw) -> Registration:
+    return await index.register(ns or NS, image_id, fp, kw.pop("decide", decide_real),
                                 radius=kw.pop("radius", RADIUS), **kw)
 
 
@@ -603,14 +614,12 @@ async def test_redis_namespace_m_is_fixed_by_its_creator(redis_index, redis_repl
     assert await redis_index.query("made-by-other", code ^ 0b11, radius=2) == [("c", 2)]
 
 
-async def test_redis_refuses_namespace_of_another_algorithm(redis_index, redis_url, redis_prefix):
+async def test_redis_refuses_namespace_of_another_algorithm(redis_index, redis_target, redis_prefix):
     import json
-
-    import redis.asyncio as aioredis
 
     from imgdedup.errors import IndexMismatch
 
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_target.connect()
     try:
         await client.set(
             f"{redis_prefix}:{{legacy}}:meta",
@@ -660,12 +669,10 @@ async def test_concurrent_same_id_different_bytes(index, near_codes):
     assert stored.verdict == Verdict.ACCEPTED
 
 
-async def test_redis_crashed_registration_is_recovered_after_its_lease(redis_url, redis_prefix,
+async def test_redis_crashed_registration_is_recovered_after_its_lease(redis_target, redis_prefix,
                                                                        redis_index, redis_mirror):
     """A registrar that dies between its pending insert and its decision leaves a pending
     entry; a near-duplicate waits for it only until its lease expires."""
-    import redis.asyncio as aioredis
-
     from imgdedup.index.redis.index import RedisMihIndex
 
     class Crashing(RedisMihIndex):
@@ -675,7 +682,7 @@ async def test_redis_crashed_registration_is_recovered_after_its_lease(redis_url
     def crash(lookup):
         raise RuntimeError("registrar died")
 
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_target.connect()
     try:
         crashing = Crashing(client, prefix=redis_prefix, substrings=4, lease_ms=300, mirror=redis_mirror)
         rng = np.random.default_rng(42)
@@ -697,15 +704,13 @@ async def test_redis_crashed_registration_is_recovered_after_its_lease(redis_url
     assert again.record.decision == Decision(Verdict.DUPLICATE, "later", 2, MatchKind.NEAR)
 
 
-async def test_redis_remove_racing_a_duplicate_leaves_no_stale_link(redis_url, redis_prefix,
+async def test_redis_remove_racing_a_duplicate_leaves_no_stale_link(redis_target, redis_prefix,
                                                                     redis_index, redis_mirror):
     """Replica B removes image K while replica A is deciding that X is a duplicate of K.
     Whatever the outcome for X, a *new* image later registered under the id K must not
     inherit X as its duplicate (the in-memory backend serialises the two operations, so
     this can never happen there)."""
     import threading
-
-    import redis.asyncio as aioredis
 
     from imgdedup.index.redis.index import RedisMihIndex
 
@@ -715,7 +720,7 @@ async def test_redis_remove_racing_a_duplicate_leaves_no_stale_link(redis_url, r
 
     def remove_from_other_replica() -> None:
         async def run() -> None:
-            client = aioredis.Redis.from_url(redis_url)
+            client = redis_target.connect()
             try:
                 other = RedisMihIndex(client, prefix=redis_prefix, substrings=4, mirror=redis_mirror)
                 assert await other.remove(NS, "K")

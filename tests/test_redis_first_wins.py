@@ -11,13 +11,14 @@ replica to its own in-process table).
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from functools import partial
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
+from conftest import RedisTarget, spread_namespace
 from helpers import flip_bits, make_fingerprint, random_code
 
 from imgdedup.decisions.rules import MatchKind, Policy, Verdict, decide
@@ -35,6 +36,14 @@ BUCKET_LAYOUT_ONLY = {"test_strip_removes_only_record_aligned_matches", "test_st
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "redis_mirror" in metafunc.fixturenames and metafunc.function.__name__ not in BUCKET_LAYOUT_ONLY:
         metafunc.parametrize("redis_mirror", [False, True], ids=["buckets", "mirror"])
+    if "redis_topology" in metafunc.fixturenames:
+        metafunc.parametrize("redis_topology", ["single", "cluster"])
+
+
+@pytest.fixture(autouse=True)
+def _namespace(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the cluster, each test's namespace lives on the next master in turn."""
+    monkeypatch.setattr(sys.modules[__name__], "NS", spread_namespace(request, "race"))
 
 
 async def insert_pending(index: RedisMihIndex, image_id: str, fingerprint, lease_ms: int) -> int:
@@ -108,7 +117,7 @@ async def test_later_registrar_waits_for_earlier_pending_near_duplicate(redis_in
 
 
 async def test_stalled_registrar_is_fenced_out_and_retries(
-    redis_url: str, redis_index: RedisMihIndex, redis_prefix: str, redis_mirror: bool
+    redis_target: RedisTarget, redis_index: RedisMihIndex, redis_prefix: str, redis_mirror: bool
 ) -> None:
     """Replica A stalls inside its decision longer than its lease; replica B removes A's
     pending entry and is accepted; A's finalize is refused, it restarts and is judged a
@@ -117,13 +126,13 @@ async def test_stalled_registrar_is_fenced_out_and_retries(
     base = random_code(rng)
     fp_a = make_fingerprint(base, b"a")
     fp_b = make_fingerprint(flip_bits(base, 4, rng), b"b")
-    client_a = aioredis.Redis.from_url(redis_url)
+    client_a = redis_target.connect()
     replica_a = RedisMihIndex(client_a, prefix=redis_prefix, substrings=4, lease_ms=300, mirror=redis_mirror)
     b_result: dict[str, object] = {}
 
     def run_replica_b() -> None:
         async def main() -> None:
-            client = aioredis.Redis.from_url(redis_url)
+            client = redis_target.connect()
             replica_b = RedisMihIndex(client, prefix=redis_prefix, substrings=4, mirror=redis_mirror)
             try:
                 b_result["registration"] = await replica_b.register(NS, "b", fp_b, DECIDE, radius=12)
@@ -188,12 +197,12 @@ async def test_reads_of_an_unknown_namespace_create_nothing(redis_index: RedisMi
 
 
 async def test_burst_of_near_duplicates_resolves_in_seq_order(
-    redis_url: str, redis_prefix: str, redis_index: RedisMihIndex, redis_mirror: bool  # redis_index: cleans up
+    redis_target: RedisTarget, redis_prefix: str, redis_index: RedisMihIndex, redis_mirror: bool  # redis_index: cleans up
 ) -> None:
     """150 copies of one photo at once, with a lease (1 s) shorter than the whole burst
     takes (~3.6 s on an idle machine): exactly one accepted, the earliest, whatever
     restarts a starved event loop may cause."""
-    client = aioredis.Redis.from_url(redis_url, max_connections=400)
+    client = redis_target.connect(max_connections=400)
     index = RedisMihIndex(client, prefix=redis_prefix, substrings=4, lease_ms=1000, mirror=redis_mirror)
     rng = np.random.default_rng(10)
     base = random_code(rng)
@@ -212,7 +221,7 @@ async def test_burst_of_near_duplicates_resolves_in_seq_order(
 
 
 async def test_waiter_renews_its_lease_while_waiting(
-    redis_index: RedisMihIndex, redis_url: str, redis_prefix: str, redis_mirror: bool
+    redis_index: RedisMihIndex, redis_target: RedisTarget, redis_prefix: str, redis_mirror: bool
 ) -> None:
     """A registration waits 1.5 s for an earlier pending near-duplicate, with a 300 ms
     lease of its own: it must keep extending that lease (or a third replica would judge
@@ -221,7 +230,7 @@ async def test_waiter_renews_its_lease_while_waiting(
     base = random_code(rng)
     early = make_fingerprint(base, b"early")
     seq = await insert_pending(redis_index, "early", early, lease_ms=60_000)
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_target.connect()
     waiter = RedisMihIndex(client, prefix=redis_prefix, substrings=4, lease_ms=300, mirror=redis_mirror)
     task = asyncio.create_task(waiter.register(NS, "late", make_fingerprint(flip_bits(base, 2, rng), b"late"), DECIDE, radius=12))
     leases = []

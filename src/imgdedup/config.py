@@ -65,6 +65,27 @@ class Settings:
         "", "Redis URL (redis:// or rediss://). Empty: the embedded in-memory index "
         "(single process, nothing persisted)."
     )
+    redis_cluster: bool = _doc(
+        False, "IMGDEDUP_REDIS_URL is a seed node of a Redis Cluster: the service discovers the "
+        "other nodes, sends each key to the master of its slot and follows MOVED/ASK redirections "
+        "and failovers. Every key of a namespace shares the hash tag {namespace}, so a namespace "
+        "lives in one slot (docs/scaling.md). The URL's database must be 0."
+    )
+    redis_cluster_nodes: str = _doc(
+        "", "More seed nodes of the cluster (host:port,...), tried when the URL's node does not "
+        "answer at start-up; scheme, user, password and TLS come from IMGDEDUP_REDIS_URL."
+    )
+    redis_wait_replicas: int = _doc(
+        0, "Replicas that must have received a decision before it is reported (Redis WAIT after "
+        "the commit; 0: do not wait). With 1, a decision reported as made survives the loss of "
+        "its master; one not acknowledged in time is reported as a retryable error "
+        "(`index_unavailable`) and decided or replayed again on retry (docs/scaling.md).",
+        lo=0, hi=16,
+    )
+    redis_wait_timeout_ms: int = _doc(
+        200, "Longest wait for IMGDEDUP_REDIS_WAIT_REPLICAS acknowledgements per decision.",
+        lo=1, hi=60_000,
+    )
     redis_prefix: str = _doc("imgdedup", "Prefix of every Redis key this service writes.")
     redis_username: str = _doc("", "Redis ACL user (overrides the URL's user).")
     redis_password: str = _secret("Redis password (overrides the URL's password).")
@@ -387,6 +408,7 @@ class Settings:
             problems.append(
                 f"{PREFIX}REDIS_URL={self.redis_url!r}: must start with redis://, rediss:// or unix://"
             )
+        problems.extend(self._cluster_problems())
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.redis_prefix):
             problems.append(f"{PREFIX}REDIS_PREFIX={self.redis_prefix!r}: use 1-64 of [A-Za-z0-9_.:-]")
         problems.extend(self._oidc_problems())
@@ -406,6 +428,36 @@ class Settings:
                     f"{PREFIX}KAFKA_SASL_MECHANISM"
                 )
         return problems
+
+    def _cluster_problems(self) -> list[str]:
+        problems: list[str] = []
+        if (self.redis_cluster or self.redis_cluster_nodes) and not self.redis_url:
+            problems.append(
+                f"{PREFIX}REDIS_CLUSTER and {PREFIX}REDIS_CLUSTER_NODES need {PREFIX}REDIS_URL (a seed node)"
+            )
+        if self.redis_cluster_nodes and not self.redis_cluster:
+            problems.append(f"{PREFIX}REDIS_CLUSTER_NODES is set but {PREFIX}REDIS_CLUSTER is not true")
+        if self.redis_cluster and self.redis_url:
+            parts = urlsplit(self.redis_url)
+            if parts.scheme == "unix":
+                problems.append(f"{PREFIX}REDIS_CLUSTER=true needs a redis:// or rediss:// URL, not unix://")
+            elif parts.path.strip("/") not in ("", "0") or dict(parse_qsl(parts.query)).get("db", "0") != "0":
+                problems.append(
+                    f"{PREFIX}REDIS_URL={redact_url(self.redis_url)!r}: a Redis Cluster has only database 0"
+                )
+        for hostport in filter(None, (h.strip() for h in self.redis_cluster_nodes.split(","))):
+            match = re.fullmatch(r"([^\s:,/@]+|\[[0-9a-fA-F:]+\]):(\d{1,5})", hostport)
+            if not match or not 1 <= int(match.group(2)) <= 65535:
+                problems.append(f"{PREFIX}REDIS_CLUSTER_NODES: {hostport!r} is not host:port (port 1-65535)")
+        return problems
+
+    def cluster_seed_nodes(self) -> list[tuple[str, int]]:
+        """(host, port) of IMGDEDUP_REDIS_CLUSTER_NODES, in order."""
+        out = []
+        for hostport in filter(None, (h.strip() for h in self.redis_cluster_nodes.split(","))):
+            host, _, port = hostport.rpartition(":")
+            out.append((host.strip("[]"), int(port)))
+        return out
 
     def _oidc_problems(self) -> list[str]:
         if bool(self.oidc_issuer) != bool(self.oidc_audience):

@@ -17,14 +17,21 @@ T = TypeVar("T")
 
 #: Unreachable, timed out, or refusing work for now. redis-py's ConnectionError also
 #: covers an exhausted connection pool, a rejected login and a server still loading its
-#: data (BusyLoadingError); ReadOnlyError is a replica during a failover; the cluster ones
-#: are a slot without a master or a resharding in progress.
+#: data (BusyLoadingError); ReadOnlyError is a replica during a failover. Redis Cluster:
+#: the cluster client follows MOVED and ASK and retries TRYAGAIN, CLUSTERDOWN and
+#: MASTERDOWN a bounded number of times; what is left when that runs out (ClusterError:
+#: "TTL exhausted", or the last redirection or TRYAGAIN itself), a slot without a master
+#: and a cluster no seed node answers for are all a failover or a resharding in progress.
+#: RedisClusterException's other subclasses (a cross-slot command) are bugs, not outages.
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis_exceptions.ConnectionError,
     redis_exceptions.TimeoutError,
     redis_exceptions.ReadOnlyError,
-    redis_exceptions.ClusterDownError,
+    redis_exceptions.ClusterError,
     redis_exceptions.TryAgainError,
+    redis_exceptions.AskError,
+    redis_exceptions.SlotNotCoveredError,
+    redis_exceptions.RedisClusterUnreachableError,
 )
 
 

@@ -31,6 +31,7 @@ from imgdedup.index.redis.layouts import BucketLayout, Layout, LogLayout
 from imgdedup.index.redis.mirror import RedisMirror
 from imgdedup.index.redis.namespaces import NamespaceMeta, Namespaces
 from imgdedup.index.redis.pending import OwnLease, RedisClock, Restart, State, kept_state
+from imgdedup.index.redis.topology import Client, check_ready, wait_for_replicas
 from imgdedup.records import ImageRecord, Registration, validate_image_id, validate_namespace
 
 log = logging.getLogger("imgdedup.index")
@@ -58,26 +59,34 @@ class RedisMihIndex:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         *,
         prefix: str = "imgdedup",
         substrings: int = 4,
         lease_ms: int = 15_000,
         max_attempts: int = 32,
         mirror: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 200,
     ) -> None:
-        self._redis = client
+        # One server or a Redis Cluster: the index's calls are the same on both (every
+        # call's keys share one hash tag), so the parts below take either.
+        self._client = client
+        self._redis = cast(aioredis.Redis, client)
+        # A decision is reported only once this many replicas hold it (0: at once).
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self.keys = KeySpace(prefix)
         self._lease_ms = lease_ms
         self._max_attempts = max_attempts
         # `mirror`: namespaces this replica creates get the log layout.
-        self._namespaces = Namespaces(client, self.keys, substrings=substrings, logged=mirror)
-        self.mirror = RedisMirror(client, self.keys.key)
-        self._bucket_layout = BucketLayout(client, self.keys)
-        self._log_layout = LogLayout(client, self.keys, self.mirror, self._namespaces)
-        self._finalize = client.register_script(scripts.FINALIZE)
-        self._cas_delete = client.register_script(scripts.CAS_DELETE)
-        self._cas_set = client.register_script(scripts.CAS_SET)
+        self._namespaces = Namespaces(self._redis, self.keys, substrings=substrings, logged=mirror)
+        self.mirror = RedisMirror(self._redis, self.keys.key)
+        self._bucket_layout = BucketLayout(self._redis, self.keys)
+        self._log_layout = LogLayout(self._redis, self.keys, self.mirror, self._namespaces)
+        self._finalize = self._redis.register_script(scripts.FINALIZE)
+        self._cas_delete = self._redis.register_script(scripts.CAS_DELETE)
+        self._cas_set = self._redis.register_script(scripts.CAS_SET)
         self.watch_conflicts = 0  # optimistic retries of removals (WATCH on the record)
         self.restarts = 0  # registrations decided again (fenced out, or target removed)
         self.pending_waits = 0  # times a registration waited for a concurrent near-duplicate
@@ -164,9 +173,15 @@ class RedisMihIndex:
             # Read again after a restart: the namespace may have been re-created.
             meta = await self._namespaces.meta(namespace, create=True)
             try:
-                return await self._register_once(namespace, image_id, fingerprint, decide, radius, event_id, meta)
+                registration = await self._register_once(
+                    namespace, image_id, fingerprint, decide, radius, event_id, meta
+                )
             except Restart:
                 self.restarts += 1
+                continue
+            # New or replayed alike: a replay may be of a decision whose own wait failed.
+            await self._replicated(namespace)
+            return registration
         raise ContentionError(f"register {namespace}/{image_id}: restarted {self._max_attempts} times")
 
     async def _register_once(
@@ -347,7 +362,15 @@ class RedisMihIndex:
             return False
         if record.kept:
             await self._layout(meta).strip(namespace, meta, record.seq, record.indexed_codes)
+        await self._replicated(namespace)
         return True
+
+    async def _replicated(self, namespace: str) -> None:
+        """With `wait_replicas`: once the namespace's master has passed every write so far
+        to that many replicas, so a failover cannot lose what is reported (docs/scaling.md);
+        `IndexUnavailable` (retryable) if they do not acknowledge in time."""
+        if self._wait_replicas:
+            await wait_for_replicas(self._client, self.keys.seq(namespace), self._wait_replicas, self._wait_timeout_ms)
 
     async def _delete_record(self, namespace: str, image_id: str) -> ImageRecord | None:
         """Delete the image's record, state, exact-tier key and duplicate links in one
@@ -386,7 +409,9 @@ class RedisMihIndex:
     # --- lifecycle ---------------------------------------------------------------------
     @maps_redis_errors
     async def ping(self) -> None:
-        await self._redis.ping()
+        """Raise unless every namespace can be served: the server answers, or every
+        master of the cluster says its state is ok with all slots covered."""
+        await check_ready(self._client)
 
     @maps_redis_errors
     async def close(self) -> None:
@@ -397,7 +422,7 @@ class RedisMihIndex:
     async def drop_namespace(self, namespace: str, batch: int = 1000) -> int:
         """Delete every key of a namespace. For tests and tooling."""
         validate_namespace(namespace)
-        deleted = await delete_prefix(self._redis, self.keys.namespace(namespace), batch=batch)
+        deleted = await delete_prefix(self._client, self.keys.namespace(namespace), batch=batch)
         self._namespaces.forget(namespace)
         self.mirror.forget(namespace)
         return deleted

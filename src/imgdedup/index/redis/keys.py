@@ -1,7 +1,9 @@
 """Where a namespace lives in Redis: its key names, and deleting every key under a prefix.
 
 Every key of a namespace carries the hash tag `{ns}`, so a namespace lives in one Redis
-Cluster slot and its scripts are legal there:
+Cluster slot and its scripts, MGETs and transactions are legal there (a namespace name
+holds no braces: `records.validate_namespace`). The format is the same on one server and
+on a cluster, so a single-server keyspace moves into a cluster as it is:
 
     P:{ns}:meta            JSON: substring count m, hash algorithm and layout, fixed at creation
     P:{ns}:seq             INCR counter: registration order (the "earliest" in first-wins)
@@ -21,9 +23,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-import redis.asyncio as aioredis
-
 from imgdedup.index.mih import probes, split_code
+from imgdedup.index.redis.topology import Client, by_slot, scan_nodes
 
 
 class KeySpace:
@@ -80,18 +81,15 @@ class KeySpace:
         return owned
 
 
-async def delete_prefix(client: aioredis.Redis, prefix: str, *, batch: int = 1000) -> int:
-    """Delete every key under `prefix:` with SCAN and UNLINK (never KEYS or FLUSHDB).
-    Returns how many keys were deleted."""
+async def delete_prefix(client: Client, prefix: str, *, batch: int = 1000) -> int:
+    """Delete every key under `prefix:` with SCAN and UNLINK (never KEYS or FLUSHDB), on
+    every master of a cluster, each UNLINK within one slot. Returns how many keys were
+    deleted."""
     deleted = 0
-    chunk: list[bytes] = []
-    async for key in client.scan_iter(match=f"{_glob_escape(prefix)}:*", count=batch):
-        chunk.append(key)
-        if len(chunk) >= batch:
-            deleted += await client.unlink(*chunk)
-            chunk = []
-    if chunk:
-        deleted += await client.unlink(*chunk)
+    async for keys in scan_nodes(client, f"{_glob_escape(prefix)}:*", batch):
+        for start in range(0, len(keys), batch):
+            for group in by_slot(client, keys[start : start + batch]):
+                deleted += await client.unlink(*group)
     return deleted
 
 
