@@ -23,6 +23,9 @@ from imgdedup.index.redis.mirror import RedisMirror
 from imgdedup.index.redis.namespaces import NamespaceMeta, Namespaces
 from imgdedup.index.redis.pending import Restart
 
+#: Bucket keys per MGET command of a query (see `BucketLayout._mget`).
+MGET_CHUNK = 128
+
 
 class Layout(Protocol):
     async def prepare(self, namespace: str, meta: NamespaceMeta) -> None:
@@ -92,10 +95,23 @@ class BucketLayout:
         probed = self._keys.probe_keys(namespace, codes, radius, meta.m)
         if not probed and not sha_keys:
             return {}
-        values = await self._redis.mget([*sha_keys, *probed])
+        values = await self._mget([*sha_keys, *probed])
         present = [b for b in values[len(sha_keys) :] if b]
         near = nearest_per_seq(unpack_records(b"".join(cast(list[bytes], present))), tuple(codes), radius) if present else {}
         return _with_exact(near, cast("bytes | None", values[0]) if sha_keys else None)
+
+    async def _mget(self, keys: list[str]) -> list[Any]:
+        """MGET in chunks of `MGET_CHUNK` keys, pipelined: one round trip, but no single
+        command holds Redis for all the bytes of a query (large buckets at millions of
+        images). Every lower seq was inserted before our seq was taken, so reading the
+        chunks at slightly different moments misses none of them."""
+        if len(keys) <= MGET_CHUNK:
+            return cast(list[Any], await self._redis.mget(keys))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(keys), MGET_CHUNK):
+                pipe.mget(keys[start : start + MGET_CHUNK])
+            replies = await pipe.execute()
+        return [value for reply in replies for value in reply]
 
     async def strip(self, namespace: str, meta: NamespaceMeta, seq: int, codes: Iterable[int]) -> None:
         await self.strip_records(namespace, self._keys.own_buckets(namespace, codes, meta.m), seq)
