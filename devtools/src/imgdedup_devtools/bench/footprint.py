@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import random
 import sys
@@ -211,7 +212,8 @@ async def _registrations(url: str, prefix: str, images: Images, count: int, seed
             )
             began = time.perf_counter()
             reg = await index.register(
-                NS, f"r{r}", query, lambda found, q=query: decide(found, policy, q.thumbnail), radius=policy.review_radius
+                NS, f"r{r}", query, functools.partial(decide, policy=policy, query_thumbnail=query.thumbnail),
+                radius=policy.review_radius,
             )
             seconds.append(time.perf_counter() - began)
             verdicts[reg.record.verdict.value] = verdicts.get(reg.record.verdict.value, 0) + 1
