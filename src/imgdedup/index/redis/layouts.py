@@ -24,7 +24,9 @@ from imgdedup.index.redis.namespaces import NamespaceMeta, Namespaces
 from imgdedup.index.redis.pending import Restart
 
 #: Bucket keys per MGET command of a query (see `BucketLayout._mget`).
-MGET_CHUNK = 128
+MGET_CHUNK = 32
+#: Buckets per STRIP_BUCKETS call (see `BucketLayout.strip_records`).
+STRIP_CHUNK = 16
 
 
 class Layout(Protocol):
@@ -117,17 +119,24 @@ class BucketLayout:
         await self.strip_records(namespace, self._keys.own_buckets(namespace, codes, meta.m), seq)
 
     async def strip_records(self, namespace: str, own: dict[str, list[int]], seq: int) -> None:
-        """Remove the records of `seq` from the given buckets (bucket key -> its codes there)."""
+        """Remove the records of `seq` from the given buckets (bucket key -> its codes there),
+        `STRIP_CHUNK` buckets per script call, pipelined: each call rewrites its buckets, so
+        one call for all of an image's buckets would hold Redis for all their bytes. Each
+        call checks on its own that the seq's state is gone, so the chunks need no
+        atomicity between them (readers ignore a seq without state)."""
         if not own:
             return
-        await self._strip(
-            keys=[self._keys.state(namespace), *own],
-            args=[
-                np.array([seq], dtype="<u4").tobytes(),
-                str(seq),
-                *(np.array(bucket_codes, dtype="<u8").tobytes() for bucket_codes in own.values()),
-            ],
-        )
+        seq_le, seq_text = np.array([seq], dtype="<u4").tobytes(), str(seq)
+        items = list(own.items())
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(items), STRIP_CHUNK):
+                chunk = items[start : start + STRIP_CHUNK]
+                await self._strip(
+                    keys=[self._keys.state(namespace), *(key for key, _ in chunk)],
+                    args=[seq_le, seq_text, *(np.array(codes, dtype="<u8").tobytes() for _, codes in chunk)],
+                    client=pipe,
+                )
+            await pipe.execute()
 
 
 class LogLayout:
