@@ -102,7 +102,8 @@ class ImageRecord:
             format=fingerprint.format,
             size_bytes=fingerprint.size_bytes,
             event_id=event_id,
-            window_codes=fingerprint.window_codes,
+            # Window codes serve only to find this image later: a duplicate is not indexed.
+            window_codes=fingerprint.window_codes if decision.kept else (),
             thumbnail=fingerprint.thumbnail if decision.kept else b"",
             similarity=None if decision.similarity is None else round(decision.similarity, 4),
         )

@@ -13,7 +13,7 @@ from imgdedup.config import ConfigError
 #: `imgdedup bench NAME ...` imports `imgdedup_devtools.bench.NAME`, which provides
 #: `add_arguments(parser)` and `main(args) -> int`. Each prints figures and ends with one
 #: JSON line.
-BENCHMARKS = ("hashing", "index", "pipeline", "http", "accuracy", "scan", "fuzz", "soak")
+BENCHMARKS = ("hashing", "index", "footprint", "pipeline", "http", "accuracy", "scan", "fuzz", "soak")
 
 
 def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -25,12 +25,13 @@ from imgdedup.errors import ContentionError
 from imgdedup.fingerprint import Fingerprint
 from imgdedup.index.interface import DecideFn, replay
 from imgdedup.index.redis import scripts
+from imgdedup.index.redis.encoding import decode_record, encode_record, kept_state, thumbnail_of
 from imgdedup.index.redis.errors import maps_redis_errors
 from imgdedup.index.redis.keys import KeySpace, delete_prefix
 from imgdedup.index.redis.layouts import BucketLayout, Layout, LogLayout
 from imgdedup.index.redis.mirror import RedisMirror
 from imgdedup.index.redis.namespaces import NamespaceMeta, Namespaces
-from imgdedup.index.redis.pending import OwnLease, RedisClock, Restart, State, kept_state
+from imgdedup.index.redis.pending import OwnLease, RedisClock, Restart, State
 from imgdedup.index.redis.topology import Client, check_ready, wait_for_replicas
 from imgdedup.records import ImageRecord, Registration, validate_image_id, validate_namespace
 
@@ -116,7 +117,7 @@ class RedisMihIndex:
         thumbnails: dict[int, bytes] = {}
         if fingerprint.thumbnail and kept:
             raws = await self._redis.mget([self.keys.record(namespace, st.image_id) for st in kept.values()])
-            thumbnails = {seq: ImageRecord.thumbnail_from_json(raw) for seq, raw in zip(kept, raws) if raw}
+            thumbnails = {seq: thumbnail_of(raw) for seq, raw in zip(kept, raws) if raw}
         return sort_candidates(
             [
                 _candidate(seq, distances[seq], st, fingerprint.sha256_hex, thumbnails.get(seq, b""))
@@ -150,7 +151,7 @@ class RedisMihIndex:
     async def get(self, namespace: str, image_id: str) -> ImageRecord | None:
         validate_namespace(namespace)
         raw = await self._redis.get(self.keys.record(namespace, image_id))
-        return ImageRecord.from_json(raw) if raw else None
+        return decode_record(raw, namespace) if raw else None
 
     @maps_redis_errors
     async def duplicates_of(self, namespace: str, image_id: str) -> list[ImageRecord]:
@@ -159,7 +160,7 @@ class RedisMihIndex:
         if not ids:
             return []
         raws = await self._redis.mget([self.keys.record(namespace, cast(bytes, i).decode()) for i in ids])
-        return [ImageRecord.from_json(raw) for raw in raws if raw]
+        return [decode_record(raw, namespace) for raw in raws if raw]
 
     # --- registration ------------------------------------------------------------------
     @maps_redis_errors
@@ -222,7 +223,7 @@ class RedisMihIndex:
             self._namespaces.forget(namespace)
             raise Restart()
         if int(reply[0]) == 0:
-            return replay(ImageRecord.from_json(reply[1]), fp)
+            return replay(decode_record(reply[1], namespace), fp)
         seq, payload, now_ms = int(reply[0]), reply[1], int(reply[2])
         return _Taken(
             OwnLease(seq, payload, fp.sha256_hex, image_id, self._lease_ms),
@@ -272,8 +273,8 @@ class RedisMihIndex:
                 args=[
                     taken.lease.seq,
                     taken.lease.payload,
-                    kept_state(record.sha256, record.image_id) if record.kept else "",
-                    record.to_json(),
+                    kept_state(record.sha256, record.image_id) if record.kept else b"",
+                    encode_record(record),
                     record.image_id,
                     "1" if record.duplicate_of else "0",
                     str(judged.target_seq) if judged.target_seq is not None else "",
@@ -384,7 +385,7 @@ class RedisMihIndex:
                     if not raw:
                         await pipe.unwatch()
                         return None
-                    record = ImageRecord.from_json(raw)
+                    record = decode_record(raw, namespace)
                     sha_key = self.keys.sha(namespace, record.sha256)
                     drop_sha = False
                     if record.kept:

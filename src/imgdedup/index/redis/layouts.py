@@ -23,6 +23,11 @@ from imgdedup.index.redis.mirror import RedisMirror
 from imgdedup.index.redis.namespaces import NamespaceMeta, Namespaces
 from imgdedup.index.redis.pending import Restart
 
+#: Bucket keys per MGET command of a query (see `BucketLayout._mget`).
+MGET_CHUNK = 32
+#: Buckets per STRIP_BUCKETS call (see `BucketLayout.strip_records`).
+STRIP_CHUNK = 16
+
 
 class Layout(Protocol):
     async def prepare(self, namespace: str, meta: NamespaceMeta) -> None:
@@ -92,26 +97,46 @@ class BucketLayout:
         probed = self._keys.probe_keys(namespace, codes, radius, meta.m)
         if not probed and not sha_keys:
             return {}
-        values = await self._redis.mget([*sha_keys, *probed])
+        values = await self._mget([*sha_keys, *probed])
         present = [b for b in values[len(sha_keys) :] if b]
         near = nearest_per_seq(unpack_records(b"".join(cast(list[bytes], present))), tuple(codes), radius) if present else {}
         return _with_exact(near, cast("bytes | None", values[0]) if sha_keys else None)
+
+    async def _mget(self, keys: list[str]) -> list[Any]:
+        """MGET in chunks of `MGET_CHUNK` keys, pipelined: one round trip, but no single
+        command holds Redis for all the bytes of a query (large buckets at millions of
+        images). Every lower seq was inserted before our seq was taken, so reading the
+        chunks at slightly different moments misses none of them."""
+        if len(keys) <= MGET_CHUNK:
+            return cast(list[Any], await self._redis.mget(keys))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(keys), MGET_CHUNK):
+                pipe.mget(keys[start : start + MGET_CHUNK])
+            replies = await pipe.execute()
+        return [value for reply in replies for value in reply]
 
     async def strip(self, namespace: str, meta: NamespaceMeta, seq: int, codes: Iterable[int]) -> None:
         await self.strip_records(namespace, self._keys.own_buckets(namespace, codes, meta.m), seq)
 
     async def strip_records(self, namespace: str, own: dict[str, list[int]], seq: int) -> None:
-        """Remove the records of `seq` from the given buckets (bucket key -> its codes there)."""
+        """Remove the records of `seq` from the given buckets (bucket key -> its codes there),
+        `STRIP_CHUNK` buckets per script call, pipelined: each call rewrites its buckets, so
+        one call for all of an image's buckets would hold Redis for all their bytes. Each
+        call checks on its own that the seq's state is gone, so the chunks need no
+        atomicity between them (readers ignore a seq without state)."""
         if not own:
             return
-        await self._strip(
-            keys=[self._keys.state(namespace), *own],
-            args=[
-                np.array([seq], dtype="<u4").tobytes(),
-                str(seq),
-                *(np.array(bucket_codes, dtype="<u8").tobytes() for bucket_codes in own.values()),
-            ],
-        )
+        seq_le, seq_text = np.array([seq], dtype="<u4").tobytes(), str(seq)
+        items = list(own.items())
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(items), STRIP_CHUNK):
+                chunk = items[start : start + STRIP_CHUNK]
+                await self._strip(
+                    keys=[self._keys.state(namespace), *(key for key, _ in chunk)],
+                    args=[seq_le, seq_text, *(np.array(codes, dtype="<u8").tobytes() for _, codes in chunk)],
+                    client=pipe,
+                )
+            await pipe.execute()
 
 
 class LogLayout:

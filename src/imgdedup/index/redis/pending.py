@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from imgdedup.index.redis.encoding import KEPT_STATE_TAG
+
 
 class Restart(Exception):
     """This registration attempt cannot finish (our pending entry was removed by a waiter,
@@ -23,16 +25,15 @@ class State:
 
     @classmethod
     def parse(cls, raw: bytes) -> State:
+        """A stored entry: binary kept (`encoding.kept_state`) or the text forms."""
+        if raw[:1] == KEPT_STATE_TAG:
+            return cls(True, 0, raw[1:33].hex(), raw[33:].decode())
         text = raw.decode()
         if text.startswith("P|"):
             _, lease, sha, image_id = text.split("|", 3)
             return cls(False, int(lease), sha, image_id)
         _, sha, image_id = text.split("|", 2)
         return cls(True, 0, sha, image_id)
-
-
-def kept_state(sha256_hex: str, image_id: str) -> str:
-    return f"K|{sha256_hex}|{image_id}"
 
 
 def pending_state(lease_until_ms: int, sha256_hex: str, image_id: str) -> str:
