@@ -1083,3 +1083,49 @@ async def test_concurrent_near_duplicates_exactly_one_accepted(client: TestClien
 
     listing = await (await client.get(image_url(accepted[0]) + "/duplicates")).json()
     assert len(listing["duplicates"]) == 29
+
+
+async def test_review_flow_queue_resolve_lookups_and_erase(client: TestClient) -> None:
+    """A planted review is listed with its source URI, resolved as distinct (recorded on
+    the record), a later copy is its duplicate; look-ups, counts and erasure answer."""
+    await register(client, "orig", original("chelsea"))
+    crop = cropped("chelsea", 0.06)
+    response = await client.post(
+        image_url("crop"), data=crop, headers={**JPEG, "X-Source-URI": "https://img.example/crop.jpg"}
+    )
+    assert (await response.json())["verdict"] == "review"
+    queue = await (await client.get(f"/v1/namespaces/{NS}/reviews?limit=1")).json()
+    [entry] = queue["reviews"]
+    assert (entry["image_id"], entry["source_uri"], entry["duplicate_of"]) == ("crop", "https://img.example/crop.jpg", "orig")
+    assert entry["candidates"][0]["image_id"] == "orig" and entry["candidates"][0]["has_thumbnail"]
+    thumb = await client.get(image_url("orig") + "/thumbnail")
+    assert thumb.status == 200 and (await thumb.read())[:8] == b"\x89PNG\r\n\x1a\n"
+    await assert_error(
+        await client.post(image_url("crop") + "/resolution", json={"outcome": "maybe"}), 400, "invalid_resolution"
+    )
+    resolved = await client.post(image_url("crop") + "/resolution", json={"outcome": "distinct", "reason": "other cat"})
+    assert resolved.status == 200
+    assert (await resolved.json())["verdict"] == "accepted"
+    await assert_error(
+        await client.post(image_url("crop") + "/resolution", json={"outcome": "distinct"}), 409, "conflict"
+    )
+    record = await (await client.get(image_url("crop"))).json()
+    [change] = record["history"]
+    assert (change["from"]["verdict"], change["to"]["verdict"], change["reason"]) == ("review", "accepted", "other cat")
+    assert (await (await client.get(f"/v1/namespaces/{NS}/reviews")).json())["reviews"] == []
+    status, copy = await register(client, "crop-again", crop)
+    assert (copy["verdict"], copy["duplicate_of"]) == ("duplicate", "crop")
+    by_sha = await (await client.get(f"/v1/namespaces/{NS}/images?sha256={copy['sha256']}")).json()
+    assert [i["image_id"] for i in by_sha["images"]] == ["crop", "crop-again"]
+    near = await (await client.get(f"/v1/namespaces/{NS}/similar?phash={copy['phashes'][0]}&radius=0")).json()
+    assert near["images"] == [{"image_id": "crop", "distance": 0}]
+    await assert_error(await client.get(f"/v1/namespaces/{NS}/similar?phash=zz"), 400, "invalid_query")
+    stats = await (await client.get(f"/v1/namespaces/{NS}")).json()
+    assert (stats["counts"], stats["indexed"], stats["open_reviews"]) == (
+        {"accepted": 2, "duplicate": 1, "review": 0}, 2, 0
+    )
+    undo = await client.post(image_url("crop") + "/resolution/undo")
+    assert (await undo.json())["verdict"] == "review"
+    erased = await (await client.delete(f"/v1/namespaces/{NS}")).json()
+    assert erased["removed"]["images"] == 3
+    await assert_error(await client.get(image_url("orig")), 404, "not_found")
