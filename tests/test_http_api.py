@@ -1113,7 +1113,8 @@ async def test_review_flow_queue_resolve_lookups_and_erase(client: TestClient) -
     [change] = record["history"]
     assert (change["from"]["verdict"], change["to"]["verdict"], change["reason"]) == ("review", "accepted", "other cat")
     assert (await (await client.get(f"/v1/namespaces/{NS}/reviews")).json())["reviews"] == []
-    status, copy = await register(client, "crop-again", crop)
+    assert (await register(client, "crop-again", crop))[0] == 201
+    copy = (await (await client.get(image_url("crop-again"))).json())
     assert (copy["verdict"], copy["duplicate_of"]) == ("duplicate", "crop")
     by_sha = await (await client.get(f"/v1/namespaces/{NS}/images?sha256={copy['sha256']}")).json()
     assert [i["image_id"] for i in by_sha["images"]] == ["crop", "crop-again"]
