@@ -449,7 +449,8 @@ async def test_get_record(client: TestClient) -> None:
     response = await client.get(image_url("c-1"))
     assert response.status == 200
     record = await response.json()
-    assert set(record) == DECISION_FIELDS | {"size_bytes", "event_id"}
+    assert set(record) == DECISION_FIELDS | {"size_bytes", "event_id", "history"}
+    assert record["history"] == []
     assert record["image_id"] == "c-1" and record["namespace"] == NS
     assert record["verdict"] == "accepted"
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
@@ -760,7 +761,7 @@ async def test_accepted_content_types(client: TestClient) -> None:
 async def test_unknown_route_is_json_404(client: TestClient) -> None:
     body = await assert_error(await client.get("/v2/nothing"), 404, "not_found")
     assert "/v2/nothing" in body["detail"]
-    await assert_error(await client.get("/v1/namespaces/shop/images"), 404, "not_found")
+    await assert_error(await client.get("/v1/namespaces/shop/nothing"), 404, "not_found")
 
 
 async def test_wrong_method_is_json_405(client: TestClient) -> None:
@@ -979,6 +980,10 @@ def test_openapi_media_types_are_the_supported_formats() -> None:
     assert {f.lower() for f in SUPPORTED_FORMATS} - {"mpo"} == IMAGE_MEDIA_TYPES - {"heic"}
 
 
+#: POST operations whose body is JSON (the review workflow), not an image.
+JSON_BODY_OPERATIONS = {"resolveImage", "undoResolution"}
+
+
 def _served_routes(app: web.Application) -> dict[str, set[str]]:
     served: dict[str, set[str]] = {}
     for resource in app.router.resources():
@@ -1031,7 +1036,10 @@ async def test_openapi_document_matches_the_served_routes(client: TestClient) ->
                     assert (
                         resolve(resp["content"]["application/json"]["schema"]) is schemas["Error"]
                     )
-            if method == "post":
+            if method == "post" and operation["operationId"] in JSON_BODY_OPERATIONS:
+                body = resolve(operation["requestBody"])
+                assert set(body["content"]) == {"application/json"}
+            elif method == "post":
                 # Each accepted format by its media type, not "any binary".
                 body = resolve(operation["requestBody"])
                 assert set(body["content"]) == {f"image/{fmt}" for fmt in IMAGE_MEDIA_TYPES}
@@ -1103,3 +1111,50 @@ async def test_an_unknown_expectation_is_ignored_not_a_plain_text_417(client: Te
 async def test_expect_100_continue_still_works(client: TestClient) -> None:
     response = await client.post(image_url("cont"), data=original("astronaut"), headers=JPEG, expect100=True)
     assert response.status == 201, await response.text()
+
+
+async def test_review_flow_queue_resolve_lookups_and_erase(client: TestClient) -> None:
+    """A planted review is listed with its source URI, resolved as distinct (recorded on
+    the record), a later copy is its duplicate; look-ups, counts and erasure answer."""
+    await register(client, "orig", original("chelsea"))
+    crop = cropped("chelsea", 0.06)
+    response = await client.post(
+        image_url("crop"), data=crop, headers={**JPEG, "X-Source-URI": "https://img.example/crop.jpg"}
+    )
+    assert (await response.json())["verdict"] == "review"
+    queue = await (await client.get(f"/v1/namespaces/{NS}/reviews?limit=1")).json()
+    [entry] = queue["reviews"]
+    assert (entry["image_id"], entry["source_uri"], entry["duplicate_of"]) == ("crop", "https://img.example/crop.jpg", "orig")
+    assert entry["candidates"][0]["image_id"] == "orig" and entry["candidates"][0]["has_thumbnail"]
+    thumb = await client.get(image_url("orig") + "/thumbnail")
+    assert thumb.status == 200 and (await thumb.read())[:8] == b"\x89PNG\r\n\x1a\n"
+    await assert_error(
+        await client.post(image_url("crop") + "/resolution", json={"outcome": "maybe"}), 400, "invalid_resolution"
+    )
+    resolved = await client.post(image_url("crop") + "/resolution", json={"outcome": "distinct", "reason": "other cat"})
+    assert resolved.status == 200
+    assert (await resolved.json())["verdict"] == "accepted"
+    await assert_error(
+        await client.post(image_url("crop") + "/resolution", json={"outcome": "distinct"}), 409, "conflict"
+    )
+    record = await (await client.get(image_url("crop"))).json()
+    [change] = record["history"]
+    assert (change["from"]["verdict"], change["to"]["verdict"], change["reason"]) == ("review", "accepted", "other cat")
+    assert (await (await client.get(f"/v1/namespaces/{NS}/reviews")).json())["reviews"] == []
+    assert (await register(client, "crop-again", crop))[0] == 201
+    copy = (await (await client.get(image_url("crop-again"))).json())
+    assert (copy["verdict"], copy["duplicate_of"]) == ("duplicate", "crop")
+    by_sha = await (await client.get(f"/v1/namespaces/{NS}/images?sha256={copy['sha256']}")).json()
+    assert [i["image_id"] for i in by_sha["images"]] == ["crop", "crop-again"]
+    near = await (await client.get(f"/v1/namespaces/{NS}/similar?phash={copy['phashes'][0]}&radius=0")).json()
+    assert near["images"] == [{"image_id": "crop", "distance": 0}]
+    await assert_error(await client.get(f"/v1/namespaces/{NS}/similar?phash=zz"), 400, "invalid_query")
+    stats = await (await client.get(f"/v1/namespaces/{NS}")).json()
+    assert (stats["counts"], stats["indexed"], stats["open_reviews"]) == (
+        {"accepted": 2, "duplicate": 1, "review": 0}, 2, 0
+    )
+    undo = await client.post(image_url("crop") + "/resolution/undo")
+    assert (await undo.json())["verdict"] == "review"
+    erased = await (await client.delete(f"/v1/namespaces/{NS}")).json()
+    assert erased["removed"]["images"] == 3
+    await assert_error(await client.get(image_url("orig")), 404, "not_found")

@@ -13,6 +13,7 @@ import pytest
 from conftest import spread_namespace
 from helpers import POLICY, flip_bits, hamming, make_fingerprint, random_code
 
+from imgdedup.decisions.review import Outcome, ReviewConflict, plan, plan_undo
 from imgdedup.decisions.rules import CheckVerdict, Decision, Lookup, MatchKind, Verdict, check, decide
 from imgdedup.errors import ImageIdConflict, InvalidIdentifier
 from imgdedup.fingerprint import Fingerprint
@@ -752,3 +753,230 @@ async def test_redis_remove_racing_a_duplicate_leaves_no_stale_link(redis_target
     fresh = await register(redis_index, "K", make_fingerprint(far_code(rng, code), 3))
     assert fresh.record.verdict == Verdict.ACCEPTED
     assert await redis_index.duplicates_of(NS, "K") == []
+
+
+# --- review workflow and tenant operations ------------------------------------------------
+
+
+async def change_to(index, image_id, outcome, duplicate_of=None, ns=NS, by="key:rev", reason=""):
+    current = await index.get(ns, image_id)
+    change = plan(image_id, current.verdict, current.duplicate_of, outcome, duplicate_of, by=by, reason=reason)
+    return await index.apply_change(ns, change, current)
+
+
+async def undo_last(index, image_id, ns=NS, by="key:rev"):
+    current = await index.get(ns, image_id)
+    history = await index.history(ns, image_id)
+    change = plan_undo(history[-1] if history else None, current.verdict, current.duplicate_of, by=by)
+    return await index.apply_change(ns, change, current)
+
+
+async def planted_review(index, rng, name="b", ns=NS):
+    """An original `a` and `name`, 10 bits away: a `review` of it, queued."""
+    code = random_code(rng)
+    await register(index, "a", make_fingerprint(code, 1), ns=ns)
+    review_code = flip_bits(code, 10, rng)
+    reg = await register(index, name, make_fingerprint(review_code, 2), ns=ns)
+    assert reg.record.verdict == Verdict.REVIEW
+    await index.note_review(ns, name, reg.record.seq, f"https://img.example/{name}.jpg")
+    return code, review_code
+
+
+async def test_review_queue_is_oldest_first_paged_and_only_open_reviews(index):
+    rng = np.random.default_rng(41)
+    code = random_code(rng)
+    await register(index, "orig", make_fingerprint(code, 1))
+    names = []
+    for n in range(5):
+        other = far_code(rng, code)
+        await register(index, f"o{n}", make_fingerprint(other, 100 + n))
+        reg = await register(index, f"r{n}", make_fingerprint(flip_bits(other, 10, rng), 200 + n))
+        assert reg.record.verdict == Verdict.REVIEW
+        await index.note_review(NS, f"r{n}", reg.record.seq, f"https://img.example/r{n}" if n % 2 == 0 else None)
+        await index.note_review(NS, f"r{n}", reg.record.seq, None)  # idempotent, keeps the URI
+        names.append(f"r{n}")
+    first = await index.reviews(NS, after=0, limit=2)
+    assert [r.image_id for r, _ in first] == ["r0", "r1"]
+    assert [i.source_uri for _, i in first] == ["https://img.example/r0", None]
+    rest = await index.reviews(NS, after=first[-1][1].seq, limit=10)
+    assert [r.image_id for r, _ in rest] == ["r2", "r3", "r4"]
+    assert await index.source_uris(NS, ["r2", "r3", "o0"]) == {"r2": "https://img.example/r2"}
+    await change_to(index, "r1", Outcome.DISTINCT)
+    assert [r.image_id for r, _ in await index.reviews(NS, after=0, limit=10)] == ["r0", "r2", "r3", "r4"]
+    await index.remove(NS, "r2")
+    assert [r.image_id for r, _ in await index.reviews(NS, after=0, limit=3)] == ["r0", "r3", "r4"]
+
+
+async def test_review_resolved_distinct_is_kept_and_its_copies_are_its_duplicates(index):
+    rng = np.random.default_rng(42)
+    code, review_code = await planted_review(index, rng)
+    record = await change_to(index, "b", Outcome.DISTINCT, reason="another dress")
+    assert (record.verdict, record.duplicate_of, record.distance) == (Verdict.ACCEPTED, None, None)
+    assert await index.get(NS, "b") == record
+    assert [r.image_id for r in await index.duplicates_of(NS, "a")] == []
+    assert await index.reviews(NS, after=0, limit=10) == []
+    [entry] = await index.history(NS, "b")
+    assert (entry.by, entry.from_verdict, entry.from_duplicate_of, entry.to_verdict, entry.reason) == (
+        "key:rev", Verdict.REVIEW, "a", Verdict.ACCEPTED, "another dress"
+    )
+    exact = await register(index, "b-copy", make_fingerprint(review_code, 2))
+    assert exact.record.decision == Decision(Verdict.DUPLICATE, "b", 0, MatchKind.EXACT)
+    near_code = review_code
+    while hamming(near_code, code) <= RADIUS:  # near b, too far from a to be its match
+        near_code = flip_bits(review_code, 3, rng)
+    near = await register(index, "b-near", make_fingerprint(near_code, 3))
+    assert (near.record.verdict, near.record.duplicate_of) == (Verdict.DUPLICATE, "b")
+
+
+async def test_review_resolved_duplicate_leaves_the_index(index):
+    rng = np.random.default_rng(43)
+    _, review_code = await planted_review(index, rng)
+    record = await change_to(index, "b", Outcome.DUPLICATE)
+    assert (record.verdict, record.duplicate_of, record.distance) == (Verdict.DUPLICATE, "a", 10)
+    assert await index.query(NS, review_code, radius=0) == []
+    assert [r.image_id for r in await index.duplicates_of(NS, "a")] == ["b"]
+    assert await index.reviews(NS, after=0, limit=10) == []
+    copy = await register(index, "b-copy", make_fingerprint(review_code, 2))
+    assert (copy.record.verdict, copy.record.duplicate_of) == (Verdict.REVIEW, "a")
+    assert (await index.stats(NS)).counts == {"accepted": 1, "duplicate": 1, "review": 1}
+
+
+async def test_overruled_duplicate_is_indexed_after_everything_before_it(index):
+    rng = np.random.default_rng(44)
+    code = random_code(rng)
+    await register(index, "a", make_fingerprint(code, 1))
+    dup_code = flip_bits(code, 4, rng)
+    dup = await register(index, "b", make_fingerprint(dup_code, 2))
+    assert dup.record.verdict == Verdict.DUPLICATE
+    later = await register(index, "c", make_fingerprint(far_code(rng, code), 3))
+    record = await change_to(index, "b", Outcome.DISTINCT, reason="other season")
+    assert record.verdict == Verdict.ACCEPTED and record.seq > later.record.seq
+    assert await index.query(NS, dup_code, radius=0) == [("b", 0)]
+    copy = await register(index, "b-copy", make_fingerprint(dup_code, 2))
+    assert copy.record.decision == Decision(Verdict.DUPLICATE, "b", 0, MatchKind.EXACT)
+    assert [r.image_id for r in await index.find_sha(NS, copy.record.sha256)] == ["b", "b-copy"]
+    # Undo: a duplicate of `a` again, out of the index.
+    back = await undo_last(index, "b")
+    assert (back.verdict, back.duplicate_of) == (Verdict.DUPLICATE, "a")
+    assert await index.query(NS, dup_code, radius=0) == []
+    assert [c.undo for c in await index.history(NS, "b")] == [False, True]
+
+
+async def test_undo_reopens_the_review(index):
+    rng = np.random.default_rng(45)
+    await planted_review(index, rng)
+    await change_to(index, "b", Outcome.DUPLICATE)
+    back = await undo_last(index, "b")
+    assert (back.verdict, back.duplicate_of, back.distance) == (Verdict.REVIEW, "a", 10)
+    [(record, item)] = await index.reviews(NS, after=0, limit=10)
+    assert record.image_id == "b" and item.source_uri == "https://img.example/b.jpg"
+    with pytest.raises(ReviewConflict):
+        await undo_last(index, "b")  # an undo is not undone
+
+
+async def test_change_planned_on_a_stale_record_or_a_gone_target_conflicts(index):
+    rng = np.random.default_rng(46)
+    await planted_review(index, rng)
+    stale = await index.get(NS, "b")
+    await change_to(index, "b", Outcome.DISTINCT)
+    change = plan("b", stale.verdict, stale.duplicate_of, Outcome.DUPLICATE, None, by="key:x")
+    with pytest.raises(ReviewConflict):
+        await index.apply_change(NS, change, stale)
+    await undo_last(index, "b")
+    await index.remove(NS, "a")
+    with pytest.raises(ReviewConflict):
+        await change_to(index, "b", Outcome.DUPLICATE)  # `a` is gone: not a target
+    with pytest.raises(ReviewConflict):
+        await change_to(index, "b", Outcome.DUPLICATE, duplicate_of="nobody")
+    assert (await index.get(NS, "b")).verdict == Verdict.REVIEW
+    with pytest.raises(ReviewConflict):
+        plan("a", Verdict.ACCEPTED, None, Outcome.DISTINCT, None, by="key:x")
+
+
+async def test_find_sha_stats_and_erase(index):
+    rng = np.random.default_rng(47)
+    await planted_review(index, rng)
+    await planted_review(index, rng, ns="other-tenant")
+    copy = await register(index, "a-copy", make_fingerprint(random_code(rng), 1))
+    assert [r.image_id for r in await index.find_sha(NS, copy.record.sha256)] == ["a", "a-copy"]
+    assert await index.find_sha(NS, "0" * 64) == []
+    stats = await index.stats(NS)
+    assert stats.counts == {"accepted": 1, "duplicate": 1, "review": 1}
+    assert (stats.indexed, stats.open_reviews) == (2, 1)
+    await change_to(index, "b", Outcome.DISTINCT)
+    erased = await index.erase(NS)
+    assert erased.images == 3 and erased.keys >= 3
+    assert await index.get(NS, "a") is None and await index.history(NS, "b") == []
+    assert (await index.stats(NS)).counts == {"accepted": 0, "duplicate": 0, "review": 0}
+    assert await index.reviews(NS, after=0, limit=10) == []
+    assert (await index.stats("other-tenant")).counts["review"] == 1
+    fresh = await register(index, "a", make_fingerprint(random_code(rng), 9))
+    assert fresh.record.verdict == Verdict.ACCEPTED and not fresh.replayed
+
+
+async def test_redis_overrule_races_registrations_first_wins_stays_exact(redis_index, redis_replicas):
+    """Copies of an overruled duplicate registered from several replicas while the
+    override runs: the outcome is that of applying the events one at a time in seq order
+    (the override at the seq it took)."""
+    replicas = await redis_replicas(3)
+    rng = np.random.default_rng(48)
+    for round_ in range(8):
+        ns = f"race{round_}"
+        code = random_code(rng)
+        await register(redis_index, "a", make_fingerprint(code, 1), ns=ns)
+        b_code = flip_bits(code, 8, rng)
+        assert (await register(redis_index, "b", make_fingerprint(b_code, 2), ns=ns)).record.verdict == Verdict.DUPLICATE
+        copy_code = b_code
+        while hamming(copy_code, code) <= RADIUS:
+            copy_code = flip_bits(b_code, 5, rng)
+        copies = [(f"c{n}", make_fingerprint(copy_code, 1000 + n)) for n in range(12)]
+        # Half the rounds start the override first: it then tends to take its seq early.
+        start = int(rng.integers(0, len(copies))) if round_ % 2 else 0
+
+        async def override(ns: str = ns) -> ImageRecord:
+            return await change_to(replicas[0], "b", Outcome.DISTINCT, ns=ns)
+
+        # Later rounds hold the registrations back a little (jitter, not a timing
+        # assertion), so that the override also gets seqs before theirs.
+        delays = rng.uniform(0, 0.004 if round_ >= 4 else 0, size=len(copies)).tolist()
+
+        async def copy(n: int, ns: str = ns, delays: list[float] = delays, copies=copies) -> Registration:
+            await asyncio.sleep(delays[n])
+            image_id, fp = copies[n]
+            return await register(replicas[n % 3], image_id, fp, ns=ns)
+
+        tasks = [copy(n) for n in range(start)] + [override()] + [copy(n) for n in range(start, len(copies))]
+        results = await asyncio.gather(*tasks)
+        b = results[start]
+        regs = {r.record.image_id: r.record for r in results if isinstance(r, Registration)}
+        # Oracle: one at a time in seq order; `b` is kept from its new seq on.
+        kept: list[tuple[int, str]] = []
+        for seq, image_id in sorted([(b.seq, "b")] + [(rec.seq, i) for i, rec in regs.items()]):
+            if image_id == "b":
+                kept.append((seq, "b"))
+                continue
+            expected = kept[0][1] if kept else None
+            assert regs[image_id].duplicate_of == expected, (round_, image_id)
+            if expected is None:
+                assert regs[image_id].verdict == Verdict.ACCEPTED
+                kept.append((seq, image_id))
+        assert sum(r.verdict == Verdict.ACCEPTED for r in regs.values()) == (1 if kept[0][1] != "b" else 0)
+
+
+async def test_redis_concurrent_resolutions_of_one_review_apply_once(redis_index, redis_replicas):
+    replicas = await redis_replicas(2)
+    rng = np.random.default_rng(49)
+    await planted_review(redis_index, rng)
+    current = await redis_index.get(NS, "b")
+    changes = [
+        plan("b", current.verdict, current.duplicate_of, outcome, None, by=f"key:r{n}")
+        for n, outcome in enumerate([Outcome.DISTINCT, Outcome.DUPLICATE] * 4)
+    ]
+    results = await asyncio.gather(
+        *(replicas[n % 2].apply_change(NS, change, current) for n, change in enumerate(changes)),
+        return_exceptions=True,
+    )
+    applied = [r for r in results if isinstance(r, ImageRecord)]
+    assert len(applied) == 1 and all(isinstance(r, ReviewConflict) for r in results if r not in applied)
+    assert len(await redis_index.history(NS, "b")) == 1
+    assert await redis_index.get(NS, "b") == applied[0]

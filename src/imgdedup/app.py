@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
+from imgdedup.adapters.events import superseding_decision
 from imgdedup.adapters.http_api import create_http_app
 from imgdedup.adapters.http_server import http_runner
 from imgdedup.adapters.kafka_consumer import UploadConsumer
@@ -19,11 +20,14 @@ from imgdedup.adapters.url_fetch import UrlFetcher
 from imgdedup.auth import Authenticator, OidcUnavailable, build_authenticator
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import Deduplicator
+from imgdedup.decisions.review import Change
+from imgdedup.decisions.review_desk import ReviewDesk
 from imgdedup.errors import StartupError
 from imgdedup.hasher import Hasher
 from imgdedup.index import open_index
 from imgdedup.index.interface import DedupIndex
 from imgdedup.metrics import Metrics
+from imgdedup.records import ImageRecord
 
 log = logging.getLogger("imgdedup.app")
 
@@ -40,6 +44,7 @@ class Service:
         self.dedup: Deduplicator | None = None
         self.consumer: UploadConsumer | None = None
         self.auth: Authenticator | None = None
+        self.desk: ReviewDesk | None = None
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
 
@@ -64,7 +69,8 @@ class Service:
                 max_bytes=s.max_image_bytes, timeout_s=s.url_fetch_timeout_s, allow_private=s.allow_private_urls
             )
             await self.fetcher.start()
-            app = create_http_app(self.dedup, self.metrics, s, self.readiness, self.auth)
+            self.desk = ReviewDesk(self.index)
+            app = create_http_app(self.dedup, self.metrics, s, self.readiness, self.auth, self.desk)
             self._runner = http_runner(app, s, self.metrics)
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.http_host, s.http_port)
@@ -81,6 +87,8 @@ class Service:
                         f"Kafka at {s.kafka_bootstrap} does not answer ({exc}); start it, fix "
                         "IMGDEDUP_KAFKA_BOOTSTRAP, or unset it to serve HTTP only"
                     ) from exc
+                self.desk.announce = self._announce_change
+                self.desk.announce_erasure = self._announce_erasure
         except BaseException:
             await self.stop()
             raise
@@ -94,6 +102,16 @@ class Service:
                 "auth": _auth_summary(self.auth),
             },
         )
+
+    async def _announce_change(self, record: ImageRecord, change: Change) -> None:
+        """A reviewer's change, as a superseding decision on the decisions topic."""
+        if self.consumer is not None:
+            await self.consumer.publish(f"{record.namespace}/{record.image_id}", superseding_decision(record, change))
+
+    async def _announce_erasure(self, namespace: str) -> None:
+        """A tenant tombstone: an empty value keyed `<namespace>/`."""
+        if self.consumer is not None:
+            await self.consumer.publish(f"{namespace}/", None)
 
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}

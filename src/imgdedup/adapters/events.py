@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 
 from imgdedup._gen.imgdedup.v1 import events_pb2
 from imgdedup.adapters.decision_view import decision_view
+from imgdedup.decisions.review import Change
 from imgdedup.errors import InvalidEvent, InvalidIdentifier
 from imgdedup.records import ImageRecord, validate_image_id, validate_namespace
 
@@ -175,3 +176,25 @@ def _set_fields(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def superseding_decision(record: ImageRecord, change: Change) -> events_pb2.DedupDecision:
+    """The decision event of a reviewer's change: the image's new decision, naming the
+    one it replaces."""
+    return events_pb2.DedupDecision(
+        event_id=f"review:{record.namespace}/{record.image_id}:{int(change.at * 1000)}",
+        decided_at_ms=int(change.at * 1000),
+        supersedes=events_pb2.Supersedes(
+            **_set_fields(
+                {
+                    "verdict": change.from_verdict.value,
+                    "duplicate_of": change.from_duplicate_of,
+                    "changed_by": change.by,
+                    "reason": change.reason,
+                    "changed_at_ms": int(change.at * 1000),
+                    "undo": change.undo,
+                }
+            )
+        ),
+        **_set_fields(decision_view(record)),
+    )

@@ -25,9 +25,11 @@ from aiohttp import HttpVersion11, hdrs, web
 from imgdedup.adapters.body_budget import BodyBudget, BudgetExhausted, Reservation
 from imgdedup.adapters.decision_view import decision_view
 from imgdedup.adapters.http_auth import AUTH, auth_middleware, check_route_policies
+from imgdedup.adapters.http_review import DESK, add_review_routes, change_json, source_uri
 from imgdedup.auth import Authenticator
 from imgdedup.config import Settings
 from imgdedup.decisions.deduplicator import CheckResult, Deduplicator
+from imgdedup.decisions.review_desk import ReviewDesk
 from imgdedup.errors import ImageTooLarge, IndexUnavailable, InputError, TransientError
 from imgdedup.fingerprint import code_hex
 from imgdedup.metrics import Metrics
@@ -78,6 +80,7 @@ def create_http_app(
     settings: Settings,
     readiness: Readiness,
     auth: Authenticator,
+    desk: ReviewDesk | None = None,
 ) -> web.Application:
     """Build the aiohttp application; the caller owns the runner and the dedup's lifecycle.
     `auth` decides who may call what (`Authenticator.disabled()`: everyone, everything)."""
@@ -95,6 +98,7 @@ def create_http_app(
     app.router.add_delete(image, _delete, name="image_delete", expect_handler=_expect_continue_only)
     app.router.add_get(image + "/duplicates", _duplicates, name="image_duplicates", expect_handler=_expect_continue_only)
     app.router.add_post("/v1/namespaces/{ns}/check", _check, name="check", expect_handler=_expect_continue_only)
+    add_review_routes(app, desk or ReviewDesk(dedup.index))
     app.router.add_get("/healthz", _healthz, name="healthz", expect_handler=_expect_continue_only)
     app.router.add_get("/readyz", _readyz, name="readyz", expect_handler=_expect_continue_only)
     app.router.add_get("/metrics", _metrics, name="metrics", expect_handler=_expect_continue_only)
@@ -128,9 +132,10 @@ async def _register(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ns, image_id = request.match_info["ns"], request.match_info["image_id"]
     started = time.perf_counter()
+    uri = source_uri(request)
     with state.metrics.in_flight.labels(SOURCE).track_inprogress():
         async with _image_body(request) as data:
-            registration = await state.dedup.register(ns, image_id, data)
+            registration = await state.dedup.register(ns, image_id, data, source_uri=uri)
     state.metrics.decision_seconds.labels(SOURCE).observe(time.perf_counter() - started)
     if registration.replayed:
         state.metrics.replays.labels(SOURCE).inc()
@@ -159,7 +164,8 @@ async def _get_record(request: web.Request) -> web.Response:
     record = await state.dedup.get(ns, image_id)
     if record is None:
         return _not_found(ns, image_id)
-    return web.json_response(_record_json(record))
+    history = await request.app[DESK].history(ns, image_id)
+    return web.json_response({**_record_json(record), "history": [change_json(c) for c in history]})
 
 
 async def _duplicates(request: web.Request) -> web.Response:

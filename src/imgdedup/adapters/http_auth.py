@@ -32,6 +32,14 @@ REQUIRED_ROLE: dict[str, Role] = {
     "image_duplicates": Role.CHECK,
     "image_register": Role.REGISTER,
     "image_delete": Role.ADMIN,
+    "image_thumbnail": Role.CHECK,
+    "images_by_sha": Role.CHECK,
+    "similar": Role.CHECK,
+    "namespace": Role.CHECK,
+    "reviews": Role.REVIEW,
+    "image_resolution": Role.REVIEW,
+    "image_resolution_undo": Role.REVIEW,
+    "namespace_erase": Role.ADMIN,
 }
 _CHALLENGE = 'Bearer realm="imgdedup"'
 _UNAUTHENTICATED_DETAIL = "a valid credential is required: Authorization: Bearer <API key or token>"

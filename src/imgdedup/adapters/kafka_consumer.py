@@ -27,6 +27,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord
 
+from imgdedup._gen.imgdedup.v1 import events_pb2
 from imgdedup.adapters.events import (
     JSON_CONTENT_TYPE,
     PROTOBUF_CONTENT_TYPE,
@@ -335,7 +336,9 @@ class UploadConsumer:
     async def _decide(self, event: UploadEvent, as_json: bool) -> None:
         data = event.data if event.data is not None else await self._fetcher.fetch(event.url or "")
         registration = await self._retrying(
-            lambda: self._dedup.register(event.namespace, event.image_id, data, event_id=event.event_id),
+            lambda: self._dedup.register(
+                event.namespace, event.image_id, data, event_id=event.event_id, source_uri=event.url
+            ),
             "index",
         )
         decision = decision_from_record(
@@ -403,6 +406,16 @@ class UploadConsumer:
         log.warning(
             "rejected",
             extra={"event_id": event_id, "namespace": namespace, "image_id": image_id, "error_code": code, "detail": detail},
+        )
+
+    async def publish(self, key: str, message: events_pb2.DedupDecision | None) -> None:
+        """Put a decision the service made outside the pipeline (a reviewer's change) on
+        the decisions topic, keyed `key`; None: a tombstone (empty value)."""
+        if message is None:
+            await self._send_raw(self._settings.kafka_decisions_topic, key.encode(), None, [])
+            return
+        await self._send(
+            self._settings.kafka_decisions_topic, key.encode(), encode_decision(message, as_json=False), False
         )
 
     # --- producing, retries ------------------------------------------------------------

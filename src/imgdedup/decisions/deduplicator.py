@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from imgdedup.decisions.rules import Candidate, CheckVerdict, Decision, Policy, decide
+from imgdedup.decisions.rules import Candidate, CheckVerdict, Decision, Policy, Verdict, decide
 from imgdedup.decisions.rules import check as check_rules
 from imgdedup.fingerprint import Fingerprint
 from imgdedup.hasher import Hasher
@@ -49,16 +49,23 @@ class Deduplicator:
         return result
 
     async def register(
-        self, namespace: str, image_id: str, data: bytes, *, event_id: str | None = None
+        self, namespace: str, image_id: str, data: bytes, *, event_id: str | None = None,
+        source_uri: str | None = None,
     ) -> Registration:
+        """`source_uri`: where the image can be seen, kept only for the review queue."""
         validate_namespace(namespace)
         validate_image_id(image_id)
         stored = await self.index.get(namespace, image_id)
         if stored is not None and stored.sha256 == _sha256_hex(data):
             # Replay without paying for decoding (redeliveries are common).
-            return Registration(stored, replayed=True)
-        fp = await self.fingerprint(data)
-        return await self.register_fingerprint(namespace, image_id, fp, event_id=event_id)
+            registration = Registration(stored, replayed=True)
+        else:
+            fp = await self.fingerprint(data)
+            registration = await self.register_fingerprint(namespace, image_id, fp, event_id=event_id)
+        if registration.record.verdict is Verdict.REVIEW:
+            # Also on a replay: a redelivery heals a queue entry lost to a crash in between.
+            await self.index.note_review(namespace, image_id, registration.record.seq, source_uri)
+        return registration
 
     async def register_fingerprint(
         self, namespace: str, image_id: str, fp: Fingerprint, *, event_id: str | None = None

@@ -13,18 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from imgdedup.decisions.rules import Candidate, Lookup, MatchKind, sort_candidates
+from imgdedup.decisions.review import Change, Erasure, NamespaceStats, ReviewConflict, ReviewItem
+from imgdedup.decisions.rules import KEPT_VERDICTS, Candidate, Lookup, MatchKind, Verdict, sort_candidates
 from imgdedup.errors import ContentionError
 from imgdedup.fingerprint import Fingerprint
-from imgdedup.index.interface import DecideFn, replay
-from imgdedup.index.redis import scripts
+from imgdedup.index.interface import DecideFn, changed_record, check_change, replay
+from imgdedup.index.redis import review_scripts, scripts
 from imgdedup.index.redis.encoding import decode_record, encode_record, kept_state, thumbnail_of
 from imgdedup.index.redis.errors import maps_redis_errors
 from imgdedup.index.redis.keys import KeySpace, delete_prefix
@@ -88,6 +89,7 @@ class RedisMihIndex:
         self._finalize = self._redis.register_script(scripts.FINALIZE)
         self._cas_delete = self._redis.register_script(scripts.CAS_DELETE)
         self._cas_set = self._redis.register_script(scripts.CAS_SET)
+        self._apply_change = self._redis.register_script(review_scripts.APPLY_CHANGE)
         self.watch_conflicts = 0  # optimistic retries of removals (WATCH on the record)
         self.restarts = 0  # registrations decided again (fenced out, or target removed)
         self.pending_waits = 0  # times a registration waited for a concurrent near-duplicate
@@ -400,12 +402,180 @@ class RedisMihIndex:
                     if record.duplicate_of is not None:
                         pipe.zrem(self.keys.dups(namespace, record.duplicate_of), image_id)
                     pipe.delete(rec_key)
+                    pipe.zrem(self.keys.reviews(namespace), image_id)
+                    pipe.hdel(self.keys.sources(namespace), image_id)
+                    pipe.delete(self.keys.history(namespace, image_id))
                     await pipe.execute()
                     return record
                 except WatchError:
                     self.watch_conflicts += 1
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise ContentionError(f"remove {namespace}/{image_id}: too many concurrent changes")
+
+    # --- review workflow and tenant operations -----------------------------------------
+    @maps_redis_errors
+    async def note_review(self, namespace: str, image_id: str, seq: int, source_uri: str | None) -> None:
+        validate_namespace(namespace)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.reviews(namespace), {image_id: seq})
+            if source_uri:
+                pipe.hset(self.keys.sources(namespace), image_id, source_uri)
+            await pipe.execute()
+
+    @maps_redis_errors
+    async def reviews(self, namespace: str, *, after: int, limit: int) -> list[tuple[ImageRecord, ReviewItem]]:
+        """Entries whose record is no longer an open review (resolved by a change that
+        raced a redelivery's `note_review`) are skipped and dropped from the queue."""
+        validate_namespace(namespace)
+        queue = self.keys.reviews(namespace)
+        out: list[tuple[ImageRecord, ReviewItem]] = []
+        low = f"({after}"
+        while len(out) < limit:
+            rows = cast(
+                list[tuple[bytes, float]],
+                await self._redis.zrangebyscore(queue, low, "+inf", start=0, num=limit, withscores=True),
+            )
+            if not rows:
+                break
+            ids = [member.decode() for member, _ in rows]
+            raws = await self._redis.mget([self.keys.record(namespace, i) for i in ids])
+            sources = await self._redis.hmget(self.keys.sources(namespace), ids)
+            stale = []
+            for image_id, (_, score), raw, source in zip(ids, rows, raws, sources):
+                record = decode_record(raw, namespace) if raw else None
+                if record is None or record.verdict is not Verdict.REVIEW or record.seq != int(score):
+                    stale.append(image_id)
+                elif len(out) < limit:
+                    uri = cast(bytes, source).decode() if source else None
+                    out.append((record, ReviewItem(image_id, record.seq, uri)))
+            if stale:
+                await self._redis.zrem(queue, *stale)
+            low = f"({int(rows[-1][1])}"
+        return out
+
+    @maps_redis_errors
+    async def source_uris(self, namespace: str, image_ids: list[str]) -> dict[str, str]:
+        validate_namespace(namespace)
+        if not image_ids:
+            return {}
+        values = await self._redis.hmget(self.keys.sources(namespace), image_ids)
+        return {i: cast(bytes, v).decode() for i, v in zip(image_ids, values) if v}
+
+    @maps_redis_errors
+    async def apply_change(self, namespace: str, change: Change, expected: ImageRecord) -> ImageRecord:
+        validate_namespace(namespace)
+        meta = await self._namespaces.meta(namespace, create=False)
+        rec_key = self.keys.record(namespace, change.image_id)
+        raw = await self._redis.get(rec_key)
+        current = decode_record(raw, namespace) if raw else None
+        target = await self.get(namespace, change.to_duplicate_of) if change.to_duplicate_of else None
+        check_change(change, expected, current, target)
+        assert current is not None and raw is not None
+        mode = "reindex" if change.reindexes else "unindex" if change.unindexes else "keep"
+        seq, payload, lease = current.seq, "", None
+        if change.reindexes:
+            # A new seq, pending and indexed like a registration's: later registrations
+            # wait for it and are judged against it; earlier ones never see it.
+            await self._layout(meta).prepare(namespace, meta)
+            reply = await self._layout(meta).insert_pending(
+                namespace, meta, _reindex_alias(change.image_id), current.sha256, current.indexed_codes,
+                self._lease_ms,
+            )
+            if int(reply[0]) <= 0:
+                self._namespaces.forget(namespace)
+                raise ReviewConflict(f"namespace {namespace!r} changed meanwhile; retry")
+            seq, payload = int(reply[0]), cast(bytes, reply[1]).decode()
+            lease = OwnLease(seq, reply[1], current.sha256, change.image_id, self._lease_ms)
+        record = changed_record(current, change, seq, target)
+        try:
+            outcome = int(
+                await self._apply_change(
+                    keys=[
+                        self.keys.state(namespace), rec_key,
+                        self.keys.dups(namespace, current.duplicate_of) if current.duplicate_of else rec_key,
+                        self.keys.dups(namespace, record.duplicate_of) if record.duplicate_of else rec_key,
+                        self.keys.sha(namespace, current.sha256), self.keys.reviews(namespace),
+                        self.keys.history(namespace, change.image_id),
+                    ],
+                    args=[
+                        raw, encode_record(record), change.image_id, change.to_json(), current.seq, seq, payload, mode,
+                        str(target.seq) if target is not None else "",
+                        "1" if record.verdict is Verdict.REVIEW else "0",
+                        kept_state(record.sha256, record.image_id),
+                    ],
+                )
+            )
+        except BaseException:
+            if lease is not None:
+                await asyncio.shield(self._abandon_own(namespace, meta, lease, current.indexed_codes))
+            raise
+        if outcome != 1:
+            if lease is not None:
+                await self._abandon_own(namespace, meta, lease, current.indexed_codes)
+            what = {-1: "changed meanwhile", -2: "is matched against an image no longer kept"}
+            raise ReviewConflict(
+                f"image {change.image_id!r} {what.get(outcome, 'was not changed in time')}; read it again"
+            )
+        if change.unindexes:
+            await self._layout(meta).strip(namespace, meta, current.seq, current.indexed_codes)
+        return record
+
+    @maps_redis_errors
+    async def history(self, namespace: str, image_id: str) -> list[Change]:
+        validate_namespace(namespace)
+        raws = await self._redis.lrange(self.keys.history(namespace, image_id), 0, -1)
+        return [Change.from_json(raw) for raw in raws]
+
+    @maps_redis_errors
+    async def find_sha(self, namespace: str, sha256_hex: str) -> list[ImageRecord]:
+        """The kept image holding these bytes and its exact duplicates."""
+        validate_namespace(namespace)
+        holder = await self._redis.get(self.keys.sha(namespace, sha256_hex))
+        if not holder:
+            return []
+        states = await self._states(namespace, [int(holder)])
+        state = states.get(int(holder))
+        if state is None or not state.kept:
+            return []
+        kept = await self.get(namespace, state.image_id)
+        if kept is None:
+            return []
+        copies = await self.duplicates_of(namespace, kept.image_id)
+        return sorted([kept, *(r for r in copies if r.sha256 == sha256_hex)], key=lambda r: r.seq)
+
+    async def _scan_records(self, namespace: str, batch: int = 500) -> AsyncIterator[bytes]:
+        keys: list[bytes] = []
+        async for key in self._redis.scan_iter(match=self.keys.records_glob(namespace), count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                for raw in await self._redis.mget(keys):
+                    if raw:
+                        yield cast(bytes, raw)
+                keys = []
+        if keys:
+            for raw in await self._redis.mget(keys):
+                if raw:
+                    yield cast(bytes, raw)
+
+    @maps_redis_errors
+    async def stats(self, namespace: str) -> NamespaceStats:
+        """One SCAN over the namespace's records (an operator's question, not a hot path)."""
+        validate_namespace(namespace)
+        counts = {verdict.value: 0 for verdict in Verdict if verdict is not Verdict.REJECTED}
+        async for raw in self._scan_records(namespace):
+            verdict = decode_record(raw, namespace).verdict.value
+            counts[verdict] = counts.get(verdict, 0) + 1
+        indexed = sum(n for v, n in counts.items() if Verdict(v) in KEPT_VERDICTS)
+        return NamespaceStats(counts, indexed, counts[Verdict.REVIEW.value])
+
+    @maps_redis_errors
+    async def erase(self, namespace: str) -> Erasure:
+        validate_namespace(namespace)
+        images = 0
+        async for _key in self._redis.scan_iter(match=self.keys.records_glob(namespace), count=1000):
+            images += 1
+        keys = await self.drop_namespace(namespace)
+        return Erasure(images=images, keys=keys)
 
     # --- lifecycle ---------------------------------------------------------------------
     @maps_redis_errors
@@ -427,6 +597,12 @@ class RedisMihIndex:
         self._namespaces.forget(namespace)
         self.mirror.forget(namespace)
         return deleted
+
+
+def _reindex_alias(image_id: str) -> str:
+    """The name a re-indexed image's pending entry carries: no image id holds a control
+    character, so it names no record and the insert step never mistakes it for a replay."""
+    return "\x00" + image_id
 
 
 def _candidate(seq: int, distance: int, state: State, sha256_hex: str, thumbnail: bytes = b"") -> Candidate:

@@ -14,6 +14,9 @@ on a cluster, so a single-server keyspace moves into a cluster as it is:
     P:{ns}:dups:<image_id> sorted set (score seq) of images judged duplicate/review of it
     P:{ns}:b<j>:<hex>      bucket layout: bucket of substring j with value <hex>, packed
                            12-byte (code u64, seq u32) records
+    P:{ns}:reviews         sorted set (score seq) of images with an open `review`
+    P:{ns}:src             hash image_id -> source URI the upload gave (review queue)
+    P:{ns}:hist:<image_id> list of JSON audit entries (`decisions.review.Change`)
     P:{ns}:log             log layout (meta "log"): stream of (seq, codes) adds and seq
                            tombstones that every replica applies to its mirror
 """
@@ -60,6 +63,19 @@ class KeySpace:
 
     def dups(self, namespace: str, image_id: str) -> str:
         return self.key(namespace, f"dups:{image_id}")
+
+    def reviews(self, namespace: str) -> str:
+        return self.key(namespace, "reviews")
+
+    def sources(self, namespace: str) -> str:
+        return self.key(namespace, "src")
+
+    def history(self, namespace: str, image_id: str) -> str:
+        return self.key(namespace, f"hist:{image_id}")
+
+    def records_glob(self, namespace: str) -> str:
+        """SCAN pattern of every record key of the namespace."""
+        return _glob_escape(self.record(namespace, "")) + "*"
 
     def bucket(self, namespace: str, j: int, value: int) -> str:
         return self.key(namespace, f"b{j}:{value:x}")

@@ -42,7 +42,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class DedupDecision(_message.Message):
-    __slots__ = ("event_id", "namespace", "image_id", "verdict", "duplicate_of", "distance", "match", "error", "sha256", "phashes", "replayed", "decided_at_ms", "attributes", "similarity")
+    __slots__ = ("event_id", "namespace", "image_id", "verdict", "duplicate_of", "distance", "match", "error", "sha256", "phashes", "replayed", "decided_at_ms", "attributes", "similarity", "supersedes")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class DedupDecision(_message.Message):
     DECIDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDES_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     namespace: str
     image_id: str
@@ -78,4 +79,21 @@ class DedupDecision(_message.Message):
     decided_at_ms: int
     attributes: _containers.ScalarMap[str, str]
     similarity: float
-    def __init__(self, event_id: _Optional[str] = ..., namespace: _Optional[str] = ..., image_id: _Optional[str] = ..., verdict: _Optional[str] = ..., duplicate_of: _Optional[str] = ..., distance: _Optional[int] = ..., match: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., sha256: _Optional[str] = ..., phashes: _Optional[_Iterable[str]] = ..., replayed: _Optional[bool] = ..., decided_at_ms: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., similarity: _Optional[float] = ...) -> None: ...
+    supersedes: Supersedes
+    def __init__(self, event_id: _Optional[str] = ..., namespace: _Optional[str] = ..., image_id: _Optional[str] = ..., verdict: _Optional[str] = ..., duplicate_of: _Optional[str] = ..., distance: _Optional[int] = ..., match: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., sha256: _Optional[str] = ..., phashes: _Optional[_Iterable[str]] = ..., replayed: _Optional[bool] = ..., decided_at_ms: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., similarity: _Optional[float] = ..., supersedes: _Optional[_Union[Supersedes, _Mapping]] = ...) -> None: ...
+
+class Supersedes(_message.Message):
+    __slots__ = ("verdict", "duplicate_of", "changed_by", "reason", "changed_at_ms", "undo")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UNDO_FIELD_NUMBER: _ClassVar[int]
+    verdict: str
+    duplicate_of: str
+    changed_by: str
+    reason: str
+    changed_at_ms: int
+    undo: bool
+    def __init__(self, verdict: _Optional[str] = ..., duplicate_of: _Optional[str] = ..., changed_by: _Optional[str] = ..., reason: _Optional[str] = ..., changed_at_ms: _Optional[int] = ..., undo: _Optional[bool] = ...) -> None: ...
