@@ -136,11 +136,15 @@ def served_routes() -> dict[str, set[str]]:
     """Path -> methods the HTTP app serves (built without starting anything)."""
     from imgdedup.adapters.http_api import create_http_app
     from imgdedup.auth import Authenticator
+    from imgdedup.decisions.review_desk import ReviewDesk
+    from imgdedup.index.memory import MemoryIndex
 
     async def readiness() -> dict[str, str]:
         return {}
 
-    app = create_http_app(None, None, Settings(), readiness, Authenticator.disabled())  # type: ignore[arg-type]
+    app = create_http_app(
+        None, None, Settings(), readiness, Authenticator.disabled(), ReviewDesk(MemoryIndex())  # type: ignore[arg-type]
+    )
     routes: dict[str, set[str]] = {}
     for route in app.router.routes():
         routes.setdefault(route.resource.canonical, set()).add(route.method)

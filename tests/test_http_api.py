@@ -1044,7 +1044,7 @@ async def test_openapi_document_matches_the_served_routes(client: TestClient) ->
                 body = resolve(operation["requestBody"])
                 assert set(body["content"]) == {f"image/{fmt}" for fmt in IMAGE_MEDIA_TYPES}
                 for media_type, item in body["content"].items():
-                    assert item["schema"] == {"type": "string", "contentMediaType": media_type}
+                    assert item["schema"] == {"type": "string", "contentMediaType": media_type, "minLength": 1}
 
     image = doc["paths"][IMAGE_ROUTE]
     assert {"201", "200", "400", "409", "413", "415", "503"} <= set(image["post"]["responses"])

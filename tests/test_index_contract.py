@@ -758,21 +758,24 @@ async def test_redis_remove_racing_a_duplicate_leaves_no_stale_link(redis_target
 # --- review workflow and tenant operations ------------------------------------------------
 
 
-async def change_to(index, image_id, outcome, duplicate_of=None, ns=NS, by="key:rev", reason=""):
+async def change_to(index, image_id, outcome, duplicate_of=None, ns=None, by="key:rev", reason=""):
+    ns = ns or NS  # read at call time: the fixture moves NS onto a cluster master
     current = await index.get(ns, image_id)
     change = plan(image_id, current.verdict, current.duplicate_of, outcome, duplicate_of, by=by, reason=reason)
     return await index.apply_change(ns, change, current)
 
 
-async def undo_last(index, image_id, ns=NS, by="key:rev"):
+async def undo_last(index, image_id, ns=None, by="key:rev"):
+    ns = ns or NS
     current = await index.get(ns, image_id)
     history = await index.history(ns, image_id)
     change = plan_undo(history[-1] if history else None, current.verdict, current.duplicate_of, by=by)
     return await index.apply_change(ns, change, current)
 
 
-async def planted_review(index, rng, name="b", ns=NS):
+async def planted_review(index, rng, name="b", ns=None):
     """An original `a` and `name`, 10 bits away: a `review` of it, queued."""
+    ns = ns or NS
     code = random_code(rng)
     await register(index, "a", make_fingerprint(code, 1), ns=ns)
     review_code = flip_bits(code, 10, rng)

@@ -137,7 +137,7 @@ def _entry_json(entry: QueueEntry) -> dict[str, Any]:
 async def _reviews(request: web.Request) -> web.Response:
     """Open reviews, oldest first; `cursor` is the last seq of the previous page."""
     ns = request.match_info["ns"]
-    after = _int_param(request, "cursor", 0, 0, 2**32)
+    after = _int_param(request, "cursor", 0, 0, 10**18 - 1)
     limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     page = await request.app[DESK].queue(ns, after=after, limit=limit)
     return web.json_response(

@@ -22,6 +22,7 @@ from imgdedup.index.redis.keys import KeySpace
 from imgdedup.index.redis.mirror import RedisMirror
 from imgdedup.index.redis.namespaces import NamespaceMeta, Namespaces
 from imgdedup.index.redis.pending import Restart
+from imgdedup.index.redis.topology import is_cluster
 
 #: Bucket keys per MGET command of a query (see `BucketLayout._mget`).
 MGET_CHUNK = 32
@@ -75,6 +76,9 @@ class BucketLayout:
         self._keys = keys
         self._insert = client.register_script(scripts.INSERT_PENDING_BUCKETS)
         self._strip = client.register_script(scripts.STRIP_BUCKETS)
+        #: A cluster client's pipelines refuse multi-key commands and scripts: there the
+        #: chunks go one call after another (one slot, so one master, either way).
+        self._cluster = is_cluster(client)
 
     async def prepare(self, namespace: str, meta: NamespaceMeta) -> None:
         return None
@@ -109,9 +113,12 @@ class BucketLayout:
         chunks at slightly different moments misses none of them."""
         if len(keys) <= MGET_CHUNK:
             return cast(list[Any], await self._redis.mget(keys))
+        chunks = [keys[start : start + MGET_CHUNK] for start in range(0, len(keys), MGET_CHUNK)]
+        if self._cluster:
+            return [value for chunk in chunks for value in await self._redis.mget(chunk)]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for start in range(0, len(keys), MGET_CHUNK):
-                pipe.mget(keys[start : start + MGET_CHUNK])
+            for chunk in chunks:
+                pipe.mget(chunk)
             replies = await pipe.execute()
         return [value for reply in replies for value in reply]
 
@@ -128,14 +135,20 @@ class BucketLayout:
             return
         seq_le, seq_text = np.array([seq], dtype="<u4").tobytes(), str(seq)
         items = list(own.items())
+        calls = [
+            (
+                [self._keys.state(namespace), *(key for key, _ in chunk)],
+                [seq_le, seq_text, *(np.array(codes, dtype="<u8").tobytes() for _, codes in chunk)],
+            )
+            for chunk in (items[start : start + STRIP_CHUNK] for start in range(0, len(items), STRIP_CHUNK))
+        ]
+        if self._cluster:
+            for keys, args in calls:
+                await self._strip(keys=keys, args=args)
+            return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for start in range(0, len(items), STRIP_CHUNK):
-                chunk = items[start : start + STRIP_CHUNK]
-                await self._strip(
-                    keys=[self._keys.state(namespace), *(key for key, _ in chunk)],
-                    args=[seq_le, seq_text, *(np.array(codes, dtype="<u8").tobytes() for _, codes in chunk)],
-                    client=pipe,
-                )
+            for keys, args in calls:
+                await self._strip(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
 
