@@ -135,7 +135,7 @@ class BucketLayout:
             return
         seq_le, seq_text = np.array([seq], dtype="<u4").tobytes(), str(seq)
         items = list(own.items())
-        calls = [
+        calls: list[tuple[list[str], list[bytes | str]]] = [
             (
                 [self._keys.state(namespace), *(key for key, _ in chunk)],
                 [seq_le, seq_text, *(np.array(codes, dtype="<u8").tobytes() for _, codes in chunk)],
