@@ -22,9 +22,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from imgdedup.fingerprint import ImageLimits, fingerprint
-from imgdedup.fingerprint.phash import dct_matrix
 from imgdedup_devtools.bench.images import encode
-from imgdedup_devtools.bench.uploads import Upload
+from imgdedup_devtools.bench.uploads import Upload, smooth_field
 
 GENERATOR_VERSION = 1
 WIDTH, HEIGHT = 256, 192
@@ -36,14 +35,7 @@ LIMITS = ImageLimits(max_bytes=1 << 30, max_pixels=1 << 31, crop_windows=False, 
 
 def picture(seed: int) -> Image.Image:
     rng = np.random.default_rng([GENERATOR_VERSION, seed])
-    coefficients = np.zeros((32, 32))
-    coefficients[:8, :8] = rng.normal(0, 1, (8, 8))
-    coefficients[0, 0] = 0
-    dct = dct_matrix(32)
-    field = dct.T @ coefficients @ dct
-    field = field / max(1e-9, float(np.abs(field).max()))
-    small = Image.fromarray(((field + 1) * 127.5).astype(np.uint8), "L")
-    big = np.asarray(small.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1
+    big = smooth_field(rng, WIDTH, HEIGHT)
     tint = rng.uniform(0.7, 1.3, 3).astype(np.float32)
     grain = rng.normal(0, 4.0, (HEIGHT, WIDTH, 3)).astype(np.float32)
     pixels = 128 + 100 * big[:, :, None] * tint + grain

@@ -67,8 +67,9 @@ def _grain() -> np.ndarray:
     return np.random.default_rng(0).normal(0, 4.0, size=(HEIGHT + 64, WIDTH + 64, 3)).astype(np.float32)
 
 
-def distinct_photo(seed: int) -> Image.Image:
-    rng = np.random.default_rng([GENERATOR_VERSION, seed])
+def smooth_field(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A random low-frequency field in [-1, 1] of `height` x `width` (8x8 DCT
+    coefficients drawn from `rng`, scaled up bicubically): a picture's large shapes."""
     coefficients = np.zeros((32, 32))
     coefficients[:8, :8] = rng.normal(0, 1, (8, 8))
     coefficients[0, 0] = 0
@@ -76,7 +77,12 @@ def distinct_photo(seed: int) -> Image.Image:
     field = dct.T @ coefficients @ dct
     field = field / max(1e-9, float(np.abs(field).max()))
     small = Image.fromarray(((field + 1) * 127.5).astype(np.uint8), "L")
-    big = np.asarray(small.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1
+    return np.asarray(small.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1
+
+
+def distinct_photo(seed: int) -> Image.Image:
+    rng = np.random.default_rng([GENERATOR_VERSION, seed])
+    big = smooth_field(rng, WIDTH, HEIGHT)
     tint = rng.uniform(0.7, 1.3, 3).astype(np.float32)
     dy, dx = (int(v) for v in rng.integers(0, 64, 2))
     pixels = (0.2 * _base(seed % len(SAMPLES)) + 0.8 * 128 + 100 * big[:, :, None] * tint
