@@ -14,7 +14,6 @@ whose members are not all within the duplicate radius of each other, is regenera
 from __future__ import annotations
 
 import hashlib
-import pickle
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from PIL import Image, ImageEnhance
 
 from imgdedup.fingerprint import ImageLimits, fingerprint
 from imgdedup_devtools.bench.images import encode
-from imgdedup_devtools.bench.uploads import Upload, smooth_field
+from imgdedup_devtools.bench.uploads import Upload, load_cached, smooth_field, store_cached
 
 GENERATOR_VERSION = 1
 WIDTH, HEIGHT = 256, 192
@@ -84,22 +83,13 @@ def build_families(
     sizes = [family_size] * (events // family_size) + ([events % family_size] if events % family_size else [])
     key = hashlib.sha256(repr((GENERATOR_VERSION, events, family_size, seed, min_gap, duplicate_radius)).encode())
     path = cache_dir / f"soak-{key.hexdigest()[:16]}.pickle" if cache_dir else None
-    families: list[list[Member]] | None = None
-    if path is not None and path.exists():
-        try:
-            families = pickle.loads(path.read_bytes())
-        except Exception:
-            families = None
+    families: list[list[Member]] | None = load_cached(path)
     if families is None:
         if log:
             print(f"generating {len(sizes)} families of up to {family_size} small pictures on {workers} processes "
                   f"(cached for next time)...", flush=True)
         families = _generate(sizes, seed, min_gap, duplicate_radius, workers)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(pickle.dumps(families, protocol=pickle.HIGHEST_PROTOCOL))
-            tmp.replace(path)
+        store_cached(path, families)
     uploads = [
         Upload(f"s{number}-{kind}", number, kind, data, sha, codes, indexed)
         for number, members in enumerate(families)

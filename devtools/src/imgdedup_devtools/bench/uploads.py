@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -65,6 +66,26 @@ def _base(index: int) -> np.ndarray:
 @lru_cache(maxsize=1)
 def _grain() -> np.ndarray:
     return np.random.default_rng(0).normal(0, 4.0, size=(HEIGHT + 64, WIDTH + 64, 3)).astype(np.float32)
+
+
+def load_cached(path: Path | None) -> Any:
+    """What `store_cached` left at `path`; None if nothing (or something unreadable) is there."""
+    if path is None or not path.exists():
+        return None
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception:
+        return None
+
+
+def store_cached(path: Path | None, value: object) -> None:
+    """Keep generated workload for the next run (written whole, then renamed)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    tmp.replace(path)
 
 
 def smooth_field(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -162,12 +183,7 @@ def build_uploads(
     families = plan(events, dup_fraction, seed)
     key = hashlib.sha256(repr((GENERATOR_VERSION, HASH_ALGORITHM, events, dup_fraction, seed, min_gap)).encode()).hexdigest()[:16]
     path = cache_dir / f"uploads-{key}.pickle" if cache_dir else None
-    raw: list[tuple[int, list[tuple[str, bytes]]]] | None = None
-    if path is not None and path.exists():
-        try:
-            raw = pickle.loads(path.read_bytes())
-        except Exception:
-            raw = None
+    raw: list[tuple[int, list[tuple[str, bytes]]]] | None = load_cached(path)
     from_cache = raw is not None
     workers = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -176,11 +192,7 @@ def build_uploads(
                 print(f"generating {len(families)} distinct 1280x960 photos and {events - len(families)} copies "
                       f"on {workers} processes (cached for next time)...", flush=True)
             raw = _generate(pool, families, seed, min_gap, duplicate_radius)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(pickle.dumps(raw, protocol=pickle.HIGHEST_PROTOCOL))
-                tmp.replace(path)
+            store_cached(path, raw)
         # always re-hash with the current code: the cache holds bytes only
         flat = [(family, kind, data) for family, (_seed, members) in enumerate(raw) for kind, data in members]
         hashes = list(pool.map(_hash_job, [data for _, _, data in flat], chunksize=8))
