@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from PIL import Image
 
+from imgdedup.adapters.decision_view import decision_view
 from imgdedup.adapters.http_auth import PRINCIPAL
 from imgdedup.decisions.review import Change, InvalidResolution, Outcome
 from imgdedup.decisions.review_desk import QueueEntry, ReviewDesk, UnknownImage
@@ -190,14 +191,8 @@ async def _undo(request: web.Request) -> web.Response:
 
 
 def _changed_json(record: ImageRecord, change: Change) -> dict[str, Any]:
-    return {
-        "image_id": record.image_id,
-        "namespace": record.namespace,
-        "verdict": record.verdict.value,
-        "duplicate_of": record.duplicate_of,
-        "distance": record.distance,
-        "change": change_json(change),
-    }
+    """The decision as every other answer gives it, and the change that led to it."""
+    return {**decision_view(record), "change": change_json(change)}
 
 
 def _brief(record: ImageRecord) -> dict[str, Any]:
