@@ -22,7 +22,7 @@ from PIL import Image, ImageEnhance
 
 from imgdedup.fingerprint import ImageLimits, fingerprint
 from imgdedup_devtools.bench.images import encode
-from imgdedup_devtools.bench.uploads import Upload, load_cached, smooth_field, store_cached
+from imgdedup_devtools.bench.uploads import FamilyGate, Upload, load_cached, smooth_field, store_cached
 
 GENERATOR_VERSION = 1
 WIDTH, HEIGHT = 256, 192
@@ -101,8 +101,7 @@ def build_families(
 
 def _generate(sizes: list[int], seed: int, min_gap: int, duplicate_radius: int, workers: int) -> list[list[Member]]:
     accepted: list[list[Member] | None] = [None] * len(sizes)
-    kept_query = np.zeros(0, np.uint64)
-    kept_indexed = np.zeros(0, np.uint64)
+    gate = FamilyGate(min_gap, duplicate_radius)
     todo = list(range(len(sizes)))
     next_seed = seed * 10_000_000
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -112,17 +111,8 @@ def _generate(sizes: list[int], seed: int, min_gap: int, duplicate_radius: int, 
             retry = []
             for slot, (_seed, members) in zip(todo, pool.map(_family_job, jobs, chunksize=16)):
                 ups = [Upload("", 0, kind, b"", sha, codes, indexed) for kind, _, sha, codes, indexed in members]
-                query = np.array([c for u in ups for c in u.codes], dtype=np.uint64)
-                index = np.array([c for u in ups for c in u.indexed], dtype=np.uint64)
-                inner = all(a.distance_to(b) <= duplicate_radius for a in ups for b in ups if a is not b)
-                far = all(
-                    len(x) == 0 or len(y) == 0 or int(np.bitwise_count(x[:, None] ^ y[None, :]).min()) > min_gap
-                    for x, y in ((query, kept_indexed), (index, kept_query))
-                )
-                if inner and far and len(query):
+                if gate.admit(ups):
                     accepted[slot] = members
-                    kept_query = np.concatenate([kept_query, query])
-                    kept_indexed = np.concatenate([kept_indexed, index])
                 else:
                     retry.append(slot)
             todo = retry

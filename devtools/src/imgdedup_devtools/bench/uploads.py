@@ -68,6 +68,32 @@ def _grain() -> np.ndarray:
     return np.random.default_rng(0).normal(0, 4.0, size=(HEIGHT + 64, WIDTH + 64, 3)).astype(np.float32)
 
 
+class FamilyGate:
+    """Admits a family of uploads when its members are duplicates of each other (within
+    `duplicate_radius`) and its codes stay more than `min_gap` bits from every family
+    admitted before, so the expected decisions of a workload are known."""
+
+    def __init__(self, min_gap: int, duplicate_radius: int) -> None:
+        self._min_gap = min_gap
+        self._radius = duplicate_radius
+        self._kept_query = np.zeros(0, np.uint64)
+        self._kept_indexed = np.zeros(0, np.uint64)
+
+    def admit(self, members: list[Upload]) -> bool:
+        query = np.array([c for u in members for c in u.codes], dtype=np.uint64)
+        index = np.array([c for u in members for c in u.indexed], dtype=np.uint64)
+        inner = all(a.distance_to(b) <= self._radius for a in members for b in members if a is not b)
+        far = all(
+            len(x) == 0 or len(y) == 0 or int(np.bitwise_count(x[:, None] ^ y[None, :]).min()) > self._min_gap
+            for x, y in ((query, self._kept_indexed), (index, self._kept_query))
+        )
+        if not (inner and far and len(query)):
+            return False
+        self._kept_query = np.concatenate([self._kept_query, query])
+        self._kept_indexed = np.concatenate([self._kept_indexed, index])
+        return True
+
+
 def load_cached(path: Path | None) -> Any:
     """What `store_cached` left at `path`; None if nothing (or something unreadable) is there."""
     if path is None or not path.exists():
@@ -245,8 +271,7 @@ def _generate(
     """Families whose members are duplicates of each other (whichever comes first) and
     whose codes stay more than `min_gap` bits from every other family's."""
     accepted: list[tuple[int, list[tuple[str, bytes]]] | None] = [None] * len(families)
-    kept_query = np.zeros(0, np.uint64)
-    kept_indexed = np.zeros(0, np.uint64)
+    gate = FamilyGate(min_gap, duplicate_radius)
     todo = list(range(len(families)))
     next_seed = seed * 10_000_000
     while todo:
@@ -258,17 +283,8 @@ def _generate(
         retry = []
         for slot, (fam_seed, members) in zip(todo, results):
             uploads = [Upload("", 0, kind, b"", sha, codes, indexed) for kind, _, (sha, codes, indexed) in members]
-            query = np.array([c for u in uploads for c in u.codes], dtype=np.uint64)
-            index = np.array([c for u in uploads for c in u.indexed], dtype=np.uint64)
-            inner_ok = all(a.distance_to(b) <= duplicate_radius for a in uploads for b in uploads if a is not b)
-            far = all(
-                len(x) == 0 or len(y) == 0 or int(np.bitwise_count(x[:, None] ^ y[None, :]).min()) > min_gap
-                for x, y in ((query, kept_indexed), (index, kept_query))
-            )
-            if inner_ok and far and len(query):
+            if gate.admit(uploads):
                 accepted[slot] = (fam_seed, [(kind, data) for kind, data, _ in members])
-                kept_query = np.concatenate([kept_query, query])
-                kept_indexed = np.concatenate([kept_indexed, index])
             else:
                 retry.append(slot)
         todo = retry
