@@ -190,3 +190,17 @@ def exif_with(entries: list[tuple[int, int, int, bytes]], extra: bytes = b"") ->
 
 def exif_ifd_data_offset(n_entries: int) -> int:
     return 8 + 2 + 12 * n_entries + 4
+
+
+#: What the *stored* pixels must be for EXIF orientation o to display upright: the
+#: inverse of the transform `ImageOps.exif_transpose` applies.
+STORE_FOR_ORIENTATION: dict[int, Image.Transpose | None] = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}

@@ -15,7 +15,7 @@ import aiohttp
 import pillow_heif
 import pytest
 from auth_helpers import bearer, write_keys_file
-from helpers import encode, hamming, png, sample_image
+from helpers import STORE_FOR_ORIENTATION, encode, hamming, png, sample_image
 from PIL import Image
 from pillow_jxl import JpegXLImagePlugin
 from scan_helpers import cluster_of, run
@@ -80,16 +80,6 @@ def test_a_reencoded_jpeg_of_it_is_a_near_duplicate_and_another_photo_is_not(fmt
     assert hamming(code_of(made(sample_image("rocket"), fmt)), code) > 16
 
 
-_STORE_FOR_ORIENTATION = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -99,7 +89,7 @@ def test_orientation_is_honoured(fmt: str, orientation: int) -> None:
     the tag into the container's rotation and mirroring (HEIF's own orientation); the JPEG
     XL encoder keeps the EXIF box."""
     upright = sample_image("rocket")  # 640x427
-    transform = _STORE_FOR_ORIENTATION[orientation]
+    transform = STORE_FOR_ORIENTATION[orientation]
     stored = upright if transform is None else upright.transpose(transform)
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -125,7 +115,7 @@ def _jxl_recompressed_jpeg(upright: Image.Image, orientation: int, tmp_path: Pat
     exif = Image.Exif()
     exif[0x0112] = orientation
     source = tmp_path / "sideways.jpg"
-    source.write_bytes(encode(upright.transpose(_STORE_FOR_ORIENTATION[orientation]), "JPEG",
+    source.write_bytes(encode(upright.transpose(STORE_FOR_ORIENTATION[orientation]), "JPEG",
                               quality=90, exif=exif.tobytes()))
     with Image.open(source) as jpeg:
         return encode(jpeg, "JXL", lossless_jpeg=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import (
     SAMPLE_NAMES,
+    STORE_FOR_ORIENTATION,
     animated_gif,
     blank_png,
     encode,
@@ -141,22 +142,10 @@ def test_mirrored_image_is_a_different_picture():
 
 # --- EXIF orientation ------------------------------------------------------------------------
 
-# What the *stored* pixels must be for orientation o to display `upright`: the inverse of
-# the transform exif_transpose applies.
-_STORE_FOR_ORIENTATION = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
 
 
 def _with_orientation(image: Image.Image, orientation: int, fmt: str) -> bytes:
-    transform = _STORE_FOR_ORIENTATION[orientation]
+    transform = STORE_FOR_ORIENTATION[orientation]
     stored = image if transform is None else image.transpose(transform)
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -175,7 +164,7 @@ def test_exif_orientation_is_applied(orientation, fmt):
     assert hamming(result.primary_code, reference) <= 4
     if orientation != 1:
         # Sanity: ignoring the tag would give a clearly different code.
-        transform = _STORE_FOR_ORIENTATION[orientation]
+        transform = STORE_FOR_ORIENTATION[orientation]
         raw = code_of(encode(upright.transpose(transform), fmt))
         assert hamming(raw, reference) > 12
 
