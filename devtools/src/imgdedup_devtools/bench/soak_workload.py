@@ -18,11 +18,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from imgdedup.fingerprint import ImageLimits, fingerprint
 from imgdedup_devtools.bench.images import encode
-from imgdedup_devtools.bench.uploads import FamilyGate, Upload, load_cached, smooth_field, store_cached
+from imgdedup_devtools.bench.uploads import FamilyGate, Upload, load_cached, smooth_field, store_cached, variant
 
 GENERATOR_VERSION = 1
 WIDTH, HEIGHT = 256, 192
@@ -46,15 +46,9 @@ def copy_of(image: Image.Image, original: bytes, kind: str) -> bytes:
         return original
     if kind.startswith("q"):
         return encode(image, "JPEG", quality=int(kind[1:]))
-    if kind == "small":
-        return encode(image.resize((WIDTH // 2, HEIGHT // 2), Image.Resampling.LANCZOS), "JPEG", quality=80)
-    if kind == "bright":
-        return encode(ImageEnhance.Brightness(image).enhance(1.08), "JPEG", quality=85)
-    if kind == "webp":
-        return encode(image, "WEBP", quality=75)
     if kind == "png":
         return encode(image, "PNG")
-    raise ValueError(kind)
+    return variant(image, original, kind)  # small, bright, webp: as the pipeline bench makes them
 
 
 Member = tuple[str, bytes, str, tuple[int, ...], tuple[int, ...]]  # kind, bytes, sha256, codes, indexed

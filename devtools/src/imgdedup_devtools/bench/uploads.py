@@ -143,7 +143,7 @@ def variant(image: Image.Image, original: bytes, kind: str) -> bytes:
     if kind == "q50":
         return encode(image, "JPEG", quality=50)
     if kind == "small":
-        return encode(image.resize((WIDTH // 2, HEIGHT // 2), Image.Resampling.LANCZOS), "JPEG", quality=80)
+        return encode(image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS), "JPEG", quality=80)
     if kind == "bright":
         return encode(ImageEnhance.Brightness(image).enhance(1.08), "JPEG", quality=85)
     if kind == "webp":
