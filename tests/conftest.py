@@ -159,6 +159,16 @@ def redis_target(request: pytest.FixtureRequest, redis_topology: str) -> RedisTa
 _next_master = count()
 
 
+def parametrize_redis(metafunc: pytest.Metafunc, bucket_layout_only: set[str]) -> None:
+    """For a test module's `pytest_generate_tests`: tests that use the Redis fixtures run
+    once per layout (but those named in `bucket_layout_only`), on one server and on the
+    local Redis Cluster."""
+    if "redis_mirror" in metafunc.fixturenames and metafunc.function.__name__ not in bucket_layout_only:
+        metafunc.parametrize("redis_mirror", [False, True], ids=["buckets", "mirror"])
+    if "redis_topology" in metafunc.fixturenames:
+        metafunc.parametrize("redis_topology", ["single", "cluster"])
+
+
 def spread_namespace(request: pytest.FixtureRequest, base: str) -> str:
     """`base` on one server; on the cluster a name on the next master in turn, so a suite's
     tests spread their namespaces over every master."""

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import spread_namespace
+from conftest import parametrize_redis, spread_namespace
 from helpers import POLICY, flip_bits, hamming, make_fingerprint, random_code
 
 from imgdedup.decisions.review import Outcome, ReviewConflict, plan, plan_undo
@@ -29,12 +29,7 @@ BUCKET_LAYOUT_ONLY = {"test_redis_probe_expansion_matches_brute_force_for_every_
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests that use the Redis fixtures directly run once per layout, on one server and
-    on the local Redis Cluster."""
-    if "redis_mirror" in metafunc.fixturenames and metafunc.function.__name__ not in BUCKET_LAYOUT_ONLY:
-        metafunc.parametrize("redis_mirror", [False, True], ids=["buckets", "mirror"])
-    if "redis_topology" in metafunc.fixturenames:
-        metafunc.parametrize("redis_topology", ["single", "cluster"])
+    parametrize_redis(metafunc, BUCKET_LAYOUT_ONLY)
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from conftest import RedisTarget, spread_namespace
+from conftest import RedisTarget, parametrize_redis, spread_namespace
 from helpers import flip_bits, make_fingerprint, random_code
 
 from imgdedup.decisions.rules import MatchKind, Policy, Verdict, decide
@@ -34,10 +34,7 @@ BUCKET_LAYOUT_ONLY = {"test_strip_removes_only_record_aligned_matches", "test_st
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "redis_mirror" in metafunc.fixturenames and metafunc.function.__name__ not in BUCKET_LAYOUT_ONLY:
-        metafunc.parametrize("redis_mirror", [False, True], ids=["buckets", "mirror"])
-    if "redis_topology" in metafunc.fixturenames:
-        metafunc.parametrize("redis_topology", ["single", "cluster"])
+    parametrize_redis(metafunc, BUCKET_LAYOUT_ONLY)
 
 
 @pytest.fixture(autouse=True)
