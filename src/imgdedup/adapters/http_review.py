@@ -14,6 +14,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from aiohttp import hdrs, web
 from PIL import Image
 
@@ -22,7 +23,7 @@ from imgdedup.adapters.http_auth import PRINCIPAL
 from imgdedup.decisions.review import Change, InvalidResolution, Outcome
 from imgdedup.decisions.review_desk import QueueEntry, ReviewDesk, UnknownImage
 from imgdedup.errors import InputError
-from imgdedup.fingerprint.thumbnails import CHROMA_SIDE, THUMB_SIDE
+from imgdedup.fingerprint.thumbnails import THUMB_SIDE, unpack_thumbnails
 from imgdedup.records import ImageRecord
 
 DESK: web.AppKey[ReviewDesk] = web.AppKey("imgdedup_review_desk", ReviewDesk)
@@ -272,14 +273,13 @@ async def _thumbnail(request: web.Request) -> web.Response:
 
 def render_thumbnail(blob: bytes) -> bytes:
     """The first grey view, with its colour planes when stored, as an upscaled PNG."""
-    side = THUMB_SIDE * THUMB_SIDE
-    grey = Image.frombytes("L", (THUMB_SIDE, THUMB_SIDE), blob[:side])
-    chroma_at = 2 * side
-    plane = CHROMA_SIDE * CHROMA_SIDE
-    if len(blob) >= chroma_at + 2 * plane:
-        cb = Image.frombytes("L", (CHROMA_SIDE, CHROMA_SIDE), blob[chroma_at : chroma_at + plane])
-        cr = Image.frombytes("L", (CHROMA_SIDE, CHROMA_SIDE), blob[chroma_at + plane : chroma_at + 2 * plane])
-        sized = [p.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR) for p in (cb, cr)]
+    views = unpack_thumbnails(blob)
+    if views is None:
+        raise UnknownImage("the stored thumbnail is not in a known layout")
+    grey = Image.fromarray(views.grey[0].astype(np.uint8), "L")
+    if views.chroma is not None:
+        planes = (Image.fromarray((views.chroma[0, i] + 128.0).astype(np.uint8), "L") for i in (0, 1))
+        sized = [p.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR) for p in planes]
         picture = Image.merge("YCbCr", (grey, *sized)).convert("RGB")
     else:
         picture = grey.convert("RGB")
