@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -229,10 +230,8 @@ class Soak:
             except Exception as exc:
                 print(f"  producer: {exc!r}; reconnecting", flush=True)
             finally:
-                try:
+                with contextlib.suppress(Exception):  # the broker may be gone: nothing to stop cleanly
                     await producer.stop()
-                except Exception:
-                    pass
             if pending:
                 await asyncio.sleep(1.0)
 
@@ -267,10 +266,8 @@ class Soak:
             except Exception as exc:
                 print(f"  decision reader: {exc!r}; reconnecting", flush=True)
             finally:
-                try:
+                with contextlib.suppress(Exception):  # the broker may be gone: nothing to stop cleanly
                     await consumer.stop()
-                except Exception:
-                    pass
             await asyncio.sleep(1.0)
 
     async def wait_progress(self, fraction: float, timeout: float) -> None:
